@@ -1,0 +1,28 @@
+# Two entry points: `make demo` (main job) and `make test`. Each builds .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default; for a GPU, install your CUDA torch into $(VENV) first or set TORCH=torch.
+TORCH ?= torch==2.13.0
+export PADREC_DATA ?= $(abspath ../shared/datasets)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test lint bench venv
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(PY) -m padrec.demo
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check padrec tests bench
+
+bench: venv
+	$(PY) bench/bench_data_eval.py

@@ -1,0 +1,156 @@
+"""The one interface every recommender implements, and the registry that names them.
+
+Models work on internal ids (``1..n_items``, 0 = padding) in ``score``; the public
+``recommend`` takes and returns external ids so users never see our numbering.
+A saved model is a directory with ``config.json``, ``items.json`` (external ids) and,
+for trained models, ``model.pt`` (a plain state dict, loadable with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from padrec.data.split import Split
+from padrec.utils import atomic_write_text
+
+_REGISTRY: dict[str, type[Recommender]] = {}
+
+
+def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
+    def deco(cls: type[Recommender]) -> type[Recommender]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def model_names() -> list[str]:
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_model_class(name: str) -> type[Recommender]:
+    _import_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def _import_builtin() -> None:
+    import padrec.models  # noqa: F401  (registers the built-in models)
+
+
+class Recommender(ABC):
+    """``fit`` on a split, ``score`` histories over all items, ``recommend`` with external ids."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, **config: Any) -> None:
+        self.config: dict[str, Any] = dict(config)
+        self.item_ids: np.ndarray | None = None  # external ids, index = internal id
+        self.titles: list[str] | None = None
+
+    # -- to implement -------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, split: Split) -> Recommender:
+        """Learn from ``split``'s training prefixes only."""
+
+    @abstractmethod
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Scores ``[len(histories), n_items + 1]`` for internal-id histories; column 0 is ignored."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    # -- shared -------------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        if self.item_ids is None:
+            raise RuntimeError(f"{self.name}: call fit() or load() first")
+        return len(self.item_ids) - 1
+
+    def _remember_items(self, split: Split) -> None:
+        self.item_ids = np.asarray(split.dataset.item_ids, dtype=object)
+        self.titles = split.dataset.titles()
+
+    def to_internal(self, external: Sequence[str]) -> np.ndarray:
+        if getattr(self, "_index_for", None) is not self.item_ids:
+            self._index = {str(e): i for i, e in enumerate(self.item_ids) if i} if self.n_items else {}
+            self._index_for = self.item_ids
+        index = self._index
+        unknown = [str(e) for e in external if str(e) not in index]
+        if unknown:
+            raise KeyError(f"unknown item ids: {', '.join(unknown)}")
+        return np.asarray([index[str(e)] for e in external], dtype=np.int64)
+
+    @torch.no_grad()
+    def recommend(
+        self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True
+    ) -> list[list[dict[str, Any]]]:
+        """Top-``k`` items per history, as ``{"item_id", "score", "title"}`` dicts, best first."""
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        internal = [self.to_internal(h) for h in histories]
+        scores = self.score(internal).float().clone()
+        scores[:, 0] = -torch.inf
+        if exclude_seen:
+            for row, h in enumerate(internal):
+                scores[row, torch.as_tensor(h, dtype=torch.long)] = -torch.inf
+        k = min(k, self.n_items)
+        top = torch.topk(scores, k, dim=1)
+        out = []
+        for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            out.append(
+                [
+                    {"item_id": str(self.item_ids[i]), "score": v, "title": (self.titles or [""] * (i + 1))[i]}
+                    for v, i in zip(vals, idx, strict=True)
+                    if v > -np.inf
+                ]
+            )
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.item_ids is None:
+            raise RuntimeError(f"{self.name}: nothing to save before fit()")
+        from padrec.utils import atomic_torch_save
+
+        atomic_torch_save(self.state_dict(), path / "model.pt")
+        atomic_write_text(
+            path / "items.json", json.dumps({"item_ids": [str(i) for i in self.item_ids], "titles": self.titles})
+        )
+        atomic_write_text(path / "config.json", json.dumps({"model": self.name, **self.config}, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        """Load any saved recommender; dispatches on ``config.json``'s ``model`` field."""
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        klass = get_model_class(cfg.pop("model"))
+        model = klass(**cfg)
+        items = json.loads((path / "items.json").read_text())
+        model.item_ids = np.asarray(items["item_ids"], dtype=object)
+        model.titles = items.get("titles")
+        model._build()
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return model
+
+    def _build(self) -> None:
+        """Create modules once ``item_ids`` is known (used by ``load``)."""

@@ -1,0 +1,176 @@
+"""Sequential recommenders: an :class:`ItemTable` plus a sequence encoder, one class per paper.
+
+``SeqNet`` is the torch module (item table + encoder); ``SequentialRecommender`` is the public
+facade (``fit``/``score``/``recommend``/``save``/``load``). Training lives in
+:mod:`padrec.train.trainer` so models stay plain ``nn.Module``s that PAD can reuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from padrec.data.split import Split
+from padrec.models.base import Recommender, register
+from padrec.models.layers import CaserEncoder, GRUEncoder, ItemTable, TransformerEncoder
+from padrec.train.config import Strict, TrainConfig
+
+
+class SASRecConfig(Strict):
+    d: int = 64
+    n_layers: int = 2
+    n_heads: int = 1
+    max_len: int = 200
+    dropout: float = 0.2
+
+
+class BERT4RecConfig(SASRecConfig):
+    n_heads: int = 2
+    mask_prob: float = 0.2
+
+
+class GRU4RecConfig(Strict):
+    d: int = 64
+    n_layers: int = 1
+    max_len: int = 50
+    dropout: float = 0.2
+
+
+class CaserConfig(Strict):
+    d: int = 64
+    window: int = 5
+    n_h: int = 16
+    n_v: int = 4
+    max_len: int = 50
+    dropout: float = 0.5
+
+
+def pad_left(seqs: Sequence[np.ndarray], length: int, fill: int = 0) -> np.ndarray:
+    """Keep each sequence's last ``length`` items, left-padded with ``fill`` (0 = padding)."""
+    out = np.full((len(seqs), length), fill, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        s = s[-length:] if length else s[:0]
+        if len(s):
+            out[row, length - len(s) :] = s
+    return out
+
+
+class SeqNet(nn.Module):
+    """Item table + encoder; ``user_vectors`` is the query for the next item."""
+
+    def __init__(self, kind: str, n_items: int, cfg: Strict) -> None:
+        super().__init__()
+        self.kind, self.n_items = kind, n_items
+        self.bidirectional = kind == "bert4rec"
+        self.mask_id = n_items + 1
+        self.items = ItemTable(n_items + 1 + int(self.bidirectional), cfg.d)
+        if kind in ("sasrec", "bert4rec"):
+            self.encoder: nn.Module = TransformerEncoder(
+                cfg.d, cfg.n_layers, cfg.n_heads, cfg.max_len, cfg.dropout, causal=not self.bidirectional
+            )
+        elif kind == "gru4rec":
+            self.encoder = GRUEncoder(cfg.d, cfg.n_layers, cfg.dropout)
+        elif kind == "caser":
+            self.encoder = CaserEncoder(cfg.d, cfg.window, cfg.n_h, cfg.n_v, cfg.dropout)
+        else:
+            raise ValueError(f"unknown sequential model kind {kind!r}")
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items.all()[: self.n_items + 1]
+
+    def encode(self, seqs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.items(seqs), seqs == 0)
+
+    def user_vectors(self, seqs: torch.Tensor) -> torch.Tensor:
+        return self.encode(seqs)[:, -1]
+
+
+class SequentialRecommender(Recommender):
+    """Shared facade for SASRec, BERT4Rec, GRU4Rec and Caser."""
+
+    config_cls: ClassVar[type[Strict]] = SASRecConfig
+
+    def __init__(self, params: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> None:
+        p = self.config_cls(**(params or {}))
+        t = TrainConfig(**(train or {}))
+        super().__init__(params=p.model_dump(), train=t.model_dump())
+        self.params, self.train_cfg = p, t
+        self.net: SeqNet | None = None
+
+    def _build(self) -> None:
+        torch.manual_seed(self.train_cfg.seed)
+        self.net = SeqNet(self.name, self.n_items, self.params)
+
+    @property
+    def max_len(self) -> int:
+        return self.params.max_len
+
+    def fit(self, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> SequentialRecommender:
+        from padrec.train.trainer import train
+
+        self._remember_items(split)
+        if self.net is None or self.net.n_items != self.n_items:
+            self._build()
+        train(self, split, run_dir=run_dir, resume=resume)
+        return self
+
+    def query_batch(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Left-padded model input for scoring the item after each history."""
+        if self.net is not None and self.net.bidirectional:
+            seqs = pad_left([np.append(h[-(self.max_len - 1) :], self.net.mask_id) for h in histories], self.max_len)
+        else:
+            seqs = pad_left(histories, self.max_len)
+        return torch.from_numpy(seqs)
+
+    @torch.inference_mode()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.net is None:
+            raise RuntimeError(f"{self.name}: call fit() or load() first")
+        was_training = self.net.training
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        users = self.net.user_vectors(self.query_batch(histories).to(device))
+        scores = users @ self.net.item_vectors().T
+        self.net.train(was_training)
+        return scores.float().cpu()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        assert self.net is not None
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        assert self.net is not None
+        self.net.load_state_dict(state)
+
+
+@register("sasrec")
+class SASRec(SequentialRecommender):
+    """Self-attentive sequential recommendation (Kang & McAuley, ICDM 2018): causal Transformer."""
+
+    config_cls = SASRecConfig
+
+
+@register("bert4rec")
+class BERT4Rec(SequentialRecommender):
+    """BERT4Rec (Sun et al., CIKM 2019): bidirectional Transformer trained by masked-item prediction."""
+
+    config_cls = BERT4RecConfig
+
+
+@register("gru4rec")
+class GRU4Rec(SequentialRecommender):
+    """GRU4Rec (Hidasi et al., ICLR 2016) in its sequence-to-sequence, full-softmax form."""
+
+    config_cls = GRU4RecConfig
+
+
+@register("caser")
+class Caser(SequentialRecommender):
+    """Caser (Tang & Wang, WSDM 2018): convolutions over the most recent items."""
+
+    config_cls = CaserConfig

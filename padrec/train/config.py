@@ -1,0 +1,92 @@
+"""Typed run configuration: YAML defaults per model and dataset, ``key=value`` overrides.
+
+Unknown keys are errors (a typo must never silently train the default model). Unqualified
+override keys (``lr=0.002``) resolve to whichever section owns them; ``model.d=128`` and
+``train.lr=0.002`` are explicit.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainConfig(Strict):
+    loss: Literal["ce", "bce", "sampled_softmax"] = "ce"
+    n_negatives: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 200
+    patience: int = 10
+    seed: int = 42
+    eval_batch_size: int = 1024
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    limit_train_batches: float = 1.0
+    progress: bool = True
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _load_yaml(*parts: str) -> dict[str, Any]:
+    path = resources.files("padrec").joinpath("configs", *parts)
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=0.01", "model.d=128"]`` -> ``{"lr": 0.01, "model.d": 128}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def resolve(
+    model: str, model_cls: type[Strict], dataset: str | None, overrides: dict[str, Any] | None = None
+) -> tuple[Strict, TrainConfig]:
+    """Model and training config from: class defaults < model YAML < dataset YAML < overrides."""
+    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    base = _load_yaml(f"{model}.yaml")
+    for sec in sections:
+        sections[sec].update(base.get(sec) or {})
+    if dataset:
+        ds = _load_yaml("datasets", f"{dataset}.yaml")
+        for scope in ("all", model):
+            for sec, values in (ds.get(scope) or {}).items():
+                fields = (model_cls if sec == "model" else TrainConfig).model_fields
+                sections[sec].update({k: v for k, v in (values or {}).items() if k in fields})
+    owners = {"model": model_cls.model_fields, "train": TrainConfig.model_fields}
+    for key, value in (overrides or {}).items():
+        sec, _, name = key.rpartition(".")
+        if not sec:
+            hits = [s for s, f in owners.items() if key in f]
+            if not hits:
+                raise ConfigError(
+                    f"unknown config key {key!r} for model {model!r}; model keys: "
+                    f"{', '.join(owners['model'])}; train keys: {', '.join(owners['train'])}"
+                )
+            sec, name = hits[0], key
+        if sec not in owners or name not in owners[sec]:
+            raise ConfigError(f"unknown config key {key!r}; sections are 'model' and 'train'")
+        sections[sec][name] = value
+    try:
+        return model_cls(**sections["model"]), TrainConfig(**sections["train"])
+    except ValidationError as e:
+        raise ConfigError(f"invalid config for {model!r}: {e}") from None

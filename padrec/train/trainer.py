@@ -1,0 +1,197 @@
+"""Lightning glue: batches from training prefixes, validation NDCG@10, checkpoints and resume.
+
+Lightning owns the loop, checkpointing, early stopping, logging, progress bars and DDP; this
+module only says what a batch is and what the validation number is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader, Dataset
+
+from padrec.data.split import Split
+from padrec.models.losses import rec_loss
+from padrec.models.sequential import pad_left
+from padrec.utils import atomic_torch_save, atomic_write_text
+
+if TYPE_CHECKING:
+    from padrec.models.sequential import SequentialRecommender
+
+VAL_METRIC = "val_ndcg10"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints appear whole or not at all: a crash mid-save keeps the previous file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+
+class _Users(Dataset):
+    def __init__(self, users: np.ndarray) -> None:
+        self.users = users
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.users[i])
+
+
+class NextItemBatches:
+    """Collate user ids into (input, target) pairs: each position predicts the following item."""
+
+    def __init__(self, seqs: list[np.ndarray], max_len: int) -> None:
+        self.seqs, self.max_len = seqs, max_len
+
+    def __call__(self, users: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = [self.seqs[u][-(self.max_len + 1) :] for u in users]
+        inp = pad_left([c[:-1] for c in chunks], self.max_len)
+        tgt = pad_left([c[1:] for c in chunks], self.max_len)
+        return torch.from_numpy(inp), torch.from_numpy(tgt)
+
+
+class MaskedItemBatches:
+    """BERT4Rec's cloze task: mask random positions (at least one per user) and predict them."""
+
+    def __init__(self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int) -> None:
+        self.seqs, self.max_len, self.mask_id, self.p = seqs, max_len, mask_id, mask_prob
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, users: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seq = pad_left([self.seqs[u] for u in users], self.max_len)
+        real = seq > 0
+        masked = (self.rng.random(seq.shape) < self.p) & real
+        last = self.max_len - 1
+        none = ~masked.any(1)
+        masked[none, last] = real[none, last]
+        inp = np.where(masked, self.mask_id, seq)
+        tgt = np.where(masked, seq, 0)
+        return torch.from_numpy(inp), torch.from_numpy(tgt)
+
+
+class SeqLightning(L.LightningModule):
+    def __init__(self, rec: SequentialRecommender, split: Split) -> None:
+        super().__init__()
+        self.rec, self.split = rec, split
+        self.net = rec.net
+        self.cfg = rec.train_cfg
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+        inp, tgt = batch
+        hidden = self.net.encode(inp)
+        keep = tgt > 0
+        loss = rec_loss(hidden[keep], tgt[keep], self.net.item_vectors(), self.cfg.loss, self.cfg.n_negatives)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(keep.sum()))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size)
+        self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+def validation_ndcg(rec: Any, split: Split, batch_size: int = 1024) -> float:
+    from padrec.eval.evaluator import Evaluator
+    from padrec.eval.protocol import Protocol
+
+    res = Evaluator(split, Protocol(batch_size=batch_size)).run(rec, stage="valid", groups=False)
+    return float(res.overall["NDCG@10"])
+
+
+def default_run_dir(dataset: str, model: str) -> Path:
+    return Path("runs") / dataset / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(rec: SequentialRecommender, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> Path:
+    """Fit ``rec`` on ``split``; the best validation checkpoint is restored and saved in ``run_dir``."""
+    cfg = rec.train_cfg
+    run_dir = Path(run_dir) if run_dir else default_run_dir(split.dataset.name, rec.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        run_dir / "config.yaml",
+        yaml.safe_dump({"model": rec.name, "dataset": split.dataset.name, **rec.config}, sort_keys=False),
+    )
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seqs = split.train_sequences()
+    users = np.flatnonzero(np.diff(split.train_offsets) >= 2)
+    if rec.net.bidirectional:
+        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.params.mask_prob, cfg.seed)
+        users = np.flatnonzero(np.diff(split.train_offsets) >= 1)
+    else:
+        collate = NextItemBatches(seqs, rec.max_len)
+    loader = DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max", save_last=True)
+    stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience)
+    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="logs", version=""))
+    except ImportError:
+        pass
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    trainer = L.Trainer(
+        max_epochs=cfg.max_epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        callbacks=[best, stop],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=False,
+        limit_train_batches=cfg.limit_train_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        deterministic=False,
+    )
+    module = SeqLightning(rec, split)
+    last = ckpt_dir / "last.ckpt"
+    t0 = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.exists() else None)
+    elapsed = time.perf_counter() - t0
+    if best.best_model_path:
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        rec.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
+    rec.net.cpu()
+    if trainer.is_global_zero:
+        rec.save(run_dir)
+        summary = {
+            "epochs": trainer.current_epoch,
+            "best_epoch": _best_epoch(run_dir),
+            VAL_METRIC: float(best.best_model_score) if best.best_model_score is not None else None,
+            "train_seconds": elapsed,
+        }
+        atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
+    return run_dir
+
+
+def _best_epoch(run_dir: Path) -> int | None:
+    path = run_dir / "logs" / "metrics.csv"
+    if not path.exists():
+        return None
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    if VAL_METRIC not in df:
+        return None
+    df = df.dropna(subset=[VAL_METRIC])
+    return int(df.loc[df[VAL_METRIC].idxmax(), "epoch"]) if len(df) else None
