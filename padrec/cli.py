@@ -14,7 +14,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, statistics, d
 app.add_typer(data_app, name="data")
 
 DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Folder holding the datasets (default: $PADREC_DATA or a user cache).")
+    Path | None,
+    typer.Option("--data-dir", help="Folder holding the datasets (default: $PADREC_DATA or a user cache)."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -55,7 +56,11 @@ def data_info(
     from padrec.data.stats import describe
 
     def go() -> dict:
-        raw = load_raw(name, data_dir) if not Path(name).exists() else load_dataset(name, data_dir, use_cache=False)
+        raw = (
+            load_raw(name, data_dir)
+            if not Path(name).exists()
+            else load_dataset(name, data_dir, use_cache=False)
+        )
         prepared = load_dataset(name, data_dir)
         return {**describe(raw), "prepared": describe(prepared), "options": prepared.meta.get("options")}
 
@@ -101,7 +106,9 @@ def train(
     model: Annotated[str, typer.Option(help="Model name, e.g. sasrec, gru4rec, bert4rec, caser, pop.")],
     dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
     data_dir: DataDir = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/MODEL-TIME).")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/DATASET/MODEL-TIME).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
     evaluate: Annotated[bool, typer.Option(help="Evaluate the best checkpoint on test afterwards.")] = True,
     as_json: AsJson = False,
@@ -137,13 +144,22 @@ def train(
 def _write_dataset_ref(run_dir: Path, dataset: str, data_dir: Path | None, ds: Any) -> None:
     from padrec.utils import atomic_write_text
 
-    ref = {"dataset": dataset, "name": ds.name, "data_dir": str(data_dir) if data_dir else None,
-           "options": ds.meta.get("options")}
+    ref = {
+        "dataset": dataset,
+        "name": ds.name,
+        "data_dir": str(data_dir) if data_dir else None,
+        "options": ds.meta.get("options"),
+    }
     atomic_write_text(run_dir / "dataset.json", json.dumps(ref, indent=2, default=str))
 
 
 def _evaluate_and_print(
-    rec: Any, split: Any, run_dir: Path | None, protocol: Any = None, stage: str = "test", as_json: bool = False
+    rec: Any,
+    split: Any,
+    run_dir: Path | None,
+    protocol: Any = None,
+    stage: str = "test",
+    as_json: bool = False,
 ) -> None:
     from padrec.eval.evaluator import Evaluator
     from padrec.eval.protocol import Protocol
@@ -158,19 +174,24 @@ def _evaluate_and_print(
 
 @app.command()
 def evaluate(
-    model: Annotated[str | None, typer.Option(help="Untrained model to fit and evaluate (pop, random).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Untrained model to fit and evaluate (pop, random).")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name or path (with --model).")] = None,
     run: Annotated[Path | None, typer.Option(help="A run directory from `padrec train`.")] = None,
     data_dir: DataDir = None,
     protocol: Annotated[str, typer.Option(help="full (rank all items) or sampled (100 negatives).")] = "full",
-    sampler: Annotated[str, typer.Option(help="Negative sampler for the sampled protocol: uniform|popularity.")] = (
-        "uniform"
-    ),
+    sampler: Annotated[
+        str, typer.Option(help="Negative sampler for the sampled protocol: uniform|popularity.")
+    ] = ("uniform"),
     n_negatives: Annotated[int, typer.Option(help="Negatives per user for the sampled protocol.")] = 100,
     stage: Annotated[str, typer.Option(help="test or valid.")] = "test",
     split: Annotated[str, typer.Option(help="loo (leave-one-out) or time (global time split).")] = "loo",
     count_test: Annotated[
-        bool, typer.Option(help="pop only: count test/valid targets in popularity (a LEAK; reproduces S3Rec's row).")
+        bool,
+        typer.Option(
+            help="pop only: count test/valid targets in popularity (a LEAK; reproduces S3Rec's row)."
+        ),
     ] = False,
     seed: int = 0,
     as_json: AsJson = False,
@@ -223,3 +244,7 @@ def recommend(
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

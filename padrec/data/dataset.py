@@ -26,7 +26,7 @@ class SeqDataset:
     Attributes:
         name: dataset name (registry key or a file stem).
         user_ids: external user ids, ``user_ids[u]`` for internal user ``u``.
-        item_ids: external item ids, ``item_ids[i]`` for internal item ``i``; ``item_ids[0]`` is the pad token.
+        item_ids: external item ids, ``item_ids[i]`` for internal item ``i``; ``item_ids[0]`` is padding.
         offsets: int64 CSR offsets, ``len == n_users + 1``.
         items: int64 flat internal item ids, user ``u`` owns ``items[offsets[u]:offsets[u+1]]``.
         timestamps: optional int64 flat timestamps aligned with ``items``.

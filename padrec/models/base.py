@@ -73,8 +73,8 @@ class Recommender(ABC):
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        pass
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:  # noqa: B027 (stateless default)
+        """Models without learned state ignore it."""
 
     # -- shared -------------------------------------------------------------------------
     @property
@@ -116,7 +116,11 @@ class Recommender(ABC):
         for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             out.append(
                 [
-                    {"item_id": str(self.item_ids[i]), "score": v, "title": (self.titles or [""] * (i + 1))[i]}
+                    {
+                        "item_id": str(self.item_ids[i]),
+                        "score": v,
+                        "title": (self.titles or [""] * (i + 1))[i],
+                    }
                     for v, i in zip(vals, idx, strict=True)
                     if v > -np.inf
                 ]
@@ -132,7 +136,8 @@ class Recommender(ABC):
 
         atomic_torch_save(self.state_dict(), path / "model.pt")
         atomic_write_text(
-            path / "items.json", json.dumps({"item_ids": [str(i) for i in self.item_ids], "titles": self.titles})
+            path / "items.json",
+            json.dumps({"item_ids": [str(i) for i in self.item_ids], "titles": self.titles}),
         )
         atomic_write_text(path / "config.json", json.dumps({"model": self.name, **self.config}, indent=2))
         return path
@@ -152,5 +157,5 @@ class Recommender(ABC):
         model.load_state_dict(state)
         return model
 
-    def _build(self) -> None:
+    def _build(self) -> None:  # noqa: B027 (nothing to build by default)
         """Create modules once ``item_ids`` is known (used by ``load``)."""

@@ -68,8 +68,13 @@ class TransformerEncoder(nn.Module):
         self.pos = nn.Embedding(max_len, d)
         self.drop = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
-            d, n_heads, dim_feedforward=d * ffn_mult, dropout=dropout, activation="gelu",
-            batch_first=True, norm_first=True,
+            d,
+            n_heads,
+            dim_feedforward=d * ffn_mult,
+            dropout=dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)

@@ -32,14 +32,19 @@ def rec_loss(
         logits = hidden @ items.T
         logits[:, 0] = torch.finfo(logits.dtype).min
         return F.cross_entropy(logits, targets)
-    negs = torch.randint(1, n_rows, (hidden.size(0), n_negatives) if kind == "bce" else (n_negatives,),
-                         generator=generator, device=hidden.device)
+    negs = torch.randint(
+        1,
+        n_rows,
+        (hidden.size(0), n_negatives) if kind == "bce" else (n_negatives,),
+        generator=generator,
+        device=hidden.device,
+    )
     pos = (hidden * items[targets]).sum(-1)
     if kind == "bce":
         neg = torch.einsum("nd,nkd->nk", hidden, items[negs])
-        return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
-            neg, torch.zeros_like(neg)
-        ) * negs.size(1)
+        return F.binary_cross_entropy_with_logits(
+            pos, torch.ones_like(pos)
+        ) + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)) * negs.size(1)
     if kind == "sampled_softmax":
         neg = hidden @ items[negs].T
         neg = neg.masked_fill(negs[None, :] == targets[:, None], torch.finfo(neg.dtype).min)

@@ -18,6 +18,7 @@ from torch import nn
 from padrec.data.split import Split
 from padrec.models.base import Recommender, register
 from padrec.models.layers import CaserEncoder, GRUEncoder, ItemTable, TransformerEncoder
+from padrec.models.losses import rec_loss
 from padrec.train.config import Strict, TrainConfig
 
 
@@ -110,7 +111,9 @@ class SequentialRecommender(Recommender):
     def max_len(self) -> int:
         return self.params.max_len
 
-    def fit(self, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> SequentialRecommender:
+    def fit(
+        self, split: Split, run_dir: str | Path | None = None, resume: bool = False
+    ) -> SequentialRecommender:
         from padrec.train.trainer import train
 
         self._remember_items(split)
@@ -119,10 +122,26 @@ class SequentialRecommender(Recommender):
         train(self, split, run_dir=run_dir, resume=resume)
         return self
 
+    def train_loader(self, split: Split) -> Any:
+        from padrec.train.trainer import sequence_loader
+
+        return sequence_loader(self, split)
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Loss over every non-padding target position of a batch."""
+        inp, tgt = batch
+        hidden = self.net.encode(inp)
+        keep = tgt > 0
+        cfg = self.train_cfg
+        loss = rec_loss(hidden[keep], tgt[keep], self.net.item_vectors(), cfg.loss, cfg.n_negatives)
+        return loss, int(keep.sum())
+
     def query_batch(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Left-padded model input for scoring the item after each history."""
         if self.net is not None and self.net.bidirectional:
-            seqs = pad_left([np.append(h[-(self.max_len - 1) :], self.net.mask_id) for h in histories], self.max_len)
+            seqs = pad_left(
+                [np.append(h[-(self.max_len - 1) :], self.net.mask_id) for h in histories], self.max_len
+            )
         else:
             seqs = pad_left(histories, self.max_len)
         return torch.from_numpy(seqs)

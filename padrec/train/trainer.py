@@ -22,7 +22,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset
 
 from padrec.data.split import Split
-from padrec.models.losses import rec_loss
 from padrec.models.sequential import pad_left
 from padrec.utils import atomic_torch_save, atomic_write_text
 
@@ -66,7 +65,9 @@ class NextItemBatches:
 class MaskedItemBatches:
     """BERT4Rec's cloze task: mask random positions (at least one per user) and predict them."""
 
-    def __init__(self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int) -> None:
+    def __init__(
+        self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int
+    ) -> None:
         self.seqs, self.max_len, self.mask_id, self.p = seqs, max_len, mask_id, mask_prob
         self.rng = np.random.default_rng(seed)
 
@@ -82,23 +83,30 @@ class MaskedItemBatches:
         return torch.from_numpy(inp), torch.from_numpy(tgt)
 
 
-class SeqLightning(L.LightningModule):
-    def __init__(self, rec: SequentialRecommender, split: Split) -> None:
+class RecLightning(L.LightningModule):
+    """Wraps any trainable recommender exposing ``net`` and ``training_loss(batch)``."""
+
+    def __init__(self, rec: Any, split: Split) -> None:
         super().__init__()
         self.rec, self.split = rec, split
         self.net = rec.net
         self.cfg = rec.train_cfg
+        self.timings: dict[str, list[float]] = {"train": [], "valid": [], "ndcg": []}
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
-        inp, tgt = batch
-        hidden = self.net.encode(inp)
-        keep = tgt > 0
-        loss = rec_loss(hidden[keep], tgt[keep], self.net.item_vectors(), self.cfg.loss, self.cfg.n_negatives)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=int(keep.sum()))
+    def training_step(self, batch: Any, _: int) -> torch.Tensor:
+        loss, n = self.rec.training_loss(batch)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self._t0 = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
+        t1 = time.perf_counter()
         ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size)
+        self.timings["train"].append(t1 - self._t0)
+        self.timings["valid"].append(time.perf_counter() - t1)
+        self.timings["ndcg"].append(ndcg)
         self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -113,11 +121,25 @@ def validation_ndcg(rec: Any, split: Split, batch_size: int = 1024) -> float:
     return float(res.overall["NDCG@10"])
 
 
+def sequence_loader(rec: SequentialRecommender, split: Split) -> DataLoader:
+    """Users with something to predict, batched into next-item or cloze examples."""
+    cfg = rec.train_cfg
+    seqs = split.train_sequences()
+    lengths = np.diff(split.train_offsets)
+    if rec.net.bidirectional:
+        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.params.mask_prob, cfg.seed)
+        users = np.flatnonzero(lengths >= 1)
+    else:
+        collate = NextItemBatches(seqs, rec.max_len)
+        users = np.flatnonzero(lengths >= 2)
+    return DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+
+
 def default_run_dir(dataset: str, model: str) -> Path:
     return Path("runs") / dataset / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train(rec: SequentialRecommender, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> Path:
+def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Fit ``rec`` on ``split``; the best validation checkpoint is restored and saved in ``run_dir``."""
     cfg = rec.train_cfg
     run_dir = Path(run_dir) if run_dir else default_run_dir(split.dataset.name, rec.name)
@@ -127,14 +149,7 @@ def train(rec: SequentialRecommender, split: Split, run_dir: str | Path | None =
         yaml.safe_dump({"model": rec.name, "dataset": split.dataset.name, **rec.config}, sort_keys=False),
     )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    seqs = split.train_sequences()
-    users = np.flatnonzero(np.diff(split.train_offsets) >= 2)
-    if rec.net.bidirectional:
-        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.params.mask_prob, cfg.seed)
-        users = np.flatnonzero(np.diff(split.train_offsets) >= 1)
-    else:
-        collate = NextItemBatches(seqs, rec.max_len)
-    loader = DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    loader = rec.train_loader(split)
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max", save_last=True)
     stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience)
@@ -163,11 +178,12 @@ def train(rec: SequentialRecommender, split: Split, run_dir: str | Path | None =
         log_every_n_steps=10,
         deterministic=False,
     )
-    module = SeqLightning(rec, split)
+    module = RecLightning(rec, split)
     last = ckpt_dir / "last.ckpt"
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resume and last.exists() else None)
     elapsed = time.perf_counter() - t0
+    trained = max(len(module.timings["train"]), 1)
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         rec.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
@@ -179,8 +195,10 @@ def train(rec: SequentialRecommender, split: Split, run_dir: str | Path | None =
             "best_epoch": _best_epoch(run_dir),
             VAL_METRIC: float(best.best_model_score) if best.best_model_score is not None else None,
             "train_seconds": elapsed,
+            "seconds_per_epoch": elapsed / trained,
         }
         atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
+        atomic_write_text(run_dir / "epoch_times.json", json.dumps(module.timings))
     return run_dir
 
 

@@ -1,0 +1,175 @@
+"""SASRec speed, side by side: padrec vs RecBole 1.2.1 on the same data, CPU, one run.
+
+    python bench/bench_recbole.py [--dataset amazon-beauty] [--epochs 5]
+
+RecBole is installed in its own virtual environment under ``bench/.work/recbole-venv`` (never a
+dependency of padrec; pins from shared/design/PEERS.md). Both libraries train SASRec with the
+same max length, hidden size, layers, heads, dropout and loss (cross-entropy over all items),
+each for ``--epochs`` epochs with validation NDCG@10 after every epoch. Reported per library:
+seconds per training epoch, seconds to the best validation NDCG@10 within the budget, and that
+NDCG; plus the per-epoch ratio. RecBole trains on every prefix of every history (one row per
+interaction), padrec on every position of each user's sequence at once: the ratio is the cost of
+an epoch as each library defines it, so seconds-to-best is reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from padrec.data.registry import load_dataset
+from padrec.eval.report import git_commit, write_bench
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / ".work"
+VENV = WORK / "recbole-venv"
+HP = {"max_len": 50, "d": 64, "n_layers": 2, "n_heads": 1, "dropout": 0.5, "batch_size": 256, "lr": 0.001}
+
+RUNNER = r'''
+import json, sys, time
+from recbole.quick_start import run_recbole
+cfg = json.loads(sys.argv[1])
+t0 = time.time()
+res = run_recbole(model="SASRec", dataset=cfg.pop("dataset"), config_dict=cfg)
+print("PADREC_BENCH_RESULT " + json.dumps({"best_valid_score": float(res["best_valid_score"]),
+      "wall": time.time() - t0}))
+'''
+
+
+def ensure_venv() -> Path:
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)
+        subprocess.run([*pip, "recbole==1.2.1", "setuptools<70", "numpy<2", "pandas<2.3"], check=True)
+    return py
+
+
+def write_atomic_files(name: str) -> Path:
+    """RecBole `.inter` from padrec's prepared dataset; the position in a history is the timestamp."""
+    ds = load_dataset(name)
+    folder = WORK / "recbole-data" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    users = np.repeat(np.arange(ds.n_users), ds.lengths)
+    pos = np.arange(ds.n_interactions) - np.repeat(ds.offsets[:-1], ds.lengths)
+    with open(folder / f"{name}.inter", "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for u, i, t in zip(users, ds.items, pos, strict=True):
+            f.write(f"{u}\t{i}\t{t}\n")
+    return folder.parent
+
+
+def run_recbole(name: str, epochs: int) -> dict:
+    py = ensure_venv()
+    data_path = write_atomic_files(name)
+    cfg = {
+        "dataset": name,
+        "data_path": str(data_path),
+        "loss_type": "CE",
+        "train_neg_sample_args": None,
+        "MAX_ITEM_LIST_LENGTH": HP["max_len"],
+        "hidden_size": HP["d"],
+        "inner_size": HP["d"],
+        "n_layers": HP["n_layers"],
+        "n_heads": HP["n_heads"],
+        "hidden_dropout_prob": HP["dropout"],
+        "attn_dropout_prob": HP["dropout"],
+        "train_batch_size": HP["batch_size"],
+        "learning_rate": HP["lr"],
+        "epochs": epochs,
+        "stopping_step": epochs,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        "metrics": ["Hit", "NDCG"],
+        "topk": [10],
+        "valid_metric": "NDCG@10",
+        "device": "cpu",
+        "use_gpu": False,
+        "checkpoint_dir": str(WORK / "recbole-saved"),
+        "show_progress": False,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "user_inter_num_interval": "[0,inf)",
+        "item_inter_num_interval": "[0,inf)",
+    }
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [str(py), "-c", RUNNER, json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=WORK
+    )
+    log = out.stdout + out.stderr
+    if out.returncode != 0:
+        raise RuntimeError(f"RecBole failed:\n{log[-4000:]}")
+    train_t = [float(x) for x in re.findall(r"epoch \d+ training \[time: ([\d.]+)s", log)]
+    eval_t = [float(x) for x in re.findall(r"epoch \d+ evaluating \[time: ([\d.]+)s", log)]
+    scores = [float(x) for x in re.findall(r"valid_score: ([\d.]+)", log)]
+    return _summarise(train_t, eval_t, scores)
+
+
+def _summarise(train_t: list[float], eval_t: list[float], scores: list[float]) -> dict:
+    best = int(np.argmax(scores))
+    elapsed = np.cumsum(np.asarray(train_t) + np.asarray(eval_t[: len(train_t)]))
+    return {
+        "seconds_per_epoch": float(np.mean(train_t)),
+        "seconds_to_best": float(elapsed[best]),
+        "NDCG@10": float(scores[best]),
+        "best_epoch": best + 1,
+        "epochs": len(train_t),
+    }
+
+
+def run_padrec(name: str, epochs: int) -> dict:
+    """padrec's SASRec in a fresh process (same threads as RecBole), timed per epoch from its CSV log."""
+    run_dir = WORK / "speed-runs" / name / "sasrec"
+    overrides = [
+        f"model.max_len={HP['max_len']}", f"model.d={HP['d']}", f"model.n_layers={HP['n_layers']}",
+        f"model.n_heads={HP['n_heads']}", f"model.dropout={HP['dropout']}", f"batch_size={HP['batch_size']}",
+        f"lr={HP['lr']}", f"max_epochs={epochs}", f"patience={epochs}", "progress=false",
+    ]
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "padrec.cli", "train", "--model", "sasrec", "--dataset", name,
+           "--run-dir", str(run_dir), "--no-evaluate", *overrides]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    timing = json.loads((run_dir / "epoch_times.json").read_text())
+    return {**_summarise(timing["train"], timing["valid"], timing["ndcg"]), "wall": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="amazon-beauty")
+    ap.add_argument("--epochs", type=int, default=5)
+    args = ap.parse_args()
+    ours = run_padrec(args.dataset, args.epochs)
+    theirs = run_recbole(args.dataset, args.epochs)
+    ratio = theirs["seconds_per_epoch"] / ours["seconds_per_epoch"]
+    note = (f"CPU, {os.cpu_count()} cores, same process type; {args.epochs} epochs each (budget, not convergence); "
+            f"hyper-parameters {HP}; speed-up per epoch = {ratio:.2f}x")
+    base = {"task": "speed", "dataset": args.dataset, "protocol": "full-loo", "device": "cpu", "seeds": [42],
+            "commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "note": note}
+    records = [
+        {**base, "model": "sasrec", "metrics": {**ours, "speedup_vs_recbole": ratio}},
+        {**base, "model": "recbole-sasrec", "metrics": theirs},
+    ]
+    md = ["| model | s/epoch | s to best | valid NDCG@10 | best epoch |", "|---|---|---|---|---|"]
+    for r in records:
+        m = r["metrics"]
+        md.append(f"| {r['model']} | {m['seconds_per_epoch']:.1f} | {m['seconds_to_best']:.1f} | "
+                  f"{m['NDCG@10']:.4f} | {m['best_epoch']} |")
+    md.append(f"\n{note}\n")
+    write_bench("speed_recbole", records, "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

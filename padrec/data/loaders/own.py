@@ -1,0 +1,104 @@
+"""Your own data: an interactions table (CSV/TSV/Parquet) or a one-line-per-user sequence file.
+
+Text files must be UTF-8. Ids are kept as strings exactly as written (``007`` stays ``007``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from padrec.data.dataset import SeqDataset
+from padrec.data.errors import DataError
+from padrec.data.loaders._common import (
+    build,
+    fail,
+    float_column,
+    id_column,
+    int_column,
+    parse_sequence_lines,
+    read_table,
+    read_text,
+    require_columns,
+    source_meta,
+)
+
+
+def load_interactions(
+    path: str | Path,
+    user_col: str = "user",
+    item_col: str = "item",
+    time_col: str | None = None,
+    rating_col: str | None = None,
+    items_path: str | Path | None = None,
+    item_id_col: str = "item",
+    sep: str | None = None,
+    name: str | None = None,
+) -> SeqDataset:
+    """One row per interaction; each user's rows are sorted stably by ``time_col`` (ties keep file order).
+
+    ``time_col``/``rating_col`` default to the columns ``timestamp``/``rating`` when present (no time
+    column: file order is the order). Timestamps are integers (unix time) or ISO 8601 date-times.
+    ``items_path`` is an optional item table: ``item_id_col`` plus text columns (``title``, ...); a row
+    whose id never occurs in the interactions is an error, because it usually means the two files use
+    different ids.
+    """
+    path = Path(path)
+    df = read_table(path, sep, what="interaction")
+    if time_col is None and "timestamp" in df.columns:
+        time_col = "timestamp"
+    if rating_col is None and "rating" in df.columns:
+        rating_col = "rating"
+    wanted = {user_col: "user_col", item_col: "item_col"}
+    if time_col:
+        wanted[time_col] = "time_col"
+    if rating_col:
+        wanted[rating_col] = "rating_col"
+    require_columns(df, path, wanted)
+    users = id_column(df, user_col, path)
+    items = id_column(df, item_col, path)
+    ts = int_column(df, time_col, path) if time_col else None
+    ratings = float_column(df, rating_col, path) if rating_col else None
+    files = {"interactions": path}
+    table = None
+    if items_path is not None:
+        files["items"] = Path(items_path)
+        table = _item_table(Path(items_path), item_id_col, items, path)
+    return build(name or path.stem, users, items, ts, ratings, table, {**source_meta(files), "family": "own"})
+
+
+def _item_table(path: Path, id_col: str, items: np.ndarray, inter_path: Path) -> pd.DataFrame:
+    df = read_table(path, what="item")
+    require_columns(df, path, {id_col: "item_id_col"})
+    ids = id_column(df, id_col, path)
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        label = df.index[np.argmax(dup)]
+        raise fail(path, df, label, id_col, f"item id {ids[np.argmax(dup)]!r} is listed more than once")
+    known = set(items)
+    stray = [i for i in ids if i not in known]
+    if stray:
+        shown = ", ".join(map(repr, stray[:10])) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
+        raise DataError(
+            path,
+            f"{len(stray)} item id(s) never occur in the interactions of {inter_path.name}: {shown} "
+            f"(remove those rows, or check that item_id_col and item_col name the same ids)",
+            field=id_col,
+        )
+    text = df.drop(columns=[id_col]).astype(str)
+    text.index = pd.Index(ids, dtype=object)
+    return text
+
+
+def load_sequence_file(path: str | Path, name: str | None = None) -> SeqDataset:
+    """One line per user, ``user item item ...`` (whitespace-separated, oldest first, no timestamps)."""
+    path = Path(path)
+    users, seqs = parse_sequence_lines(path, read_text(path))
+    if not any(seqs):
+        raise DataError(path, "no items: every line holds only a user id (expected `user item item ...`)")
+    flat_users = np.repeat(np.asarray(users, dtype=object), [len(s) for s in seqs])
+    flat_items = np.asarray([i for s in seqs for i in s], dtype=object)
+    meta = {**source_meta({"sequences": path}), "family": "own"}
+    return build(name or path.stem, flat_users, flat_items, meta=meta)

@@ -1,0 +1,170 @@
+"""Non-sequential baselines: BPR-MF and NCF (NeuMF), with a history fold-in for unseen users.
+
+Both learn a user embedding per training user. ``score(histories, users=...)`` uses it when the
+evaluator passes internal user ids; a bare history (the public ``recommend``) is folded in by
+averaging the history's item vectors, so these models still answer users they never saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from padrec.data.split import Split
+from padrec.models.base import Recommender, register
+from padrec.train.config import Strict, TrainConfig
+
+
+class MFConfig(Strict):
+    d: int = 64
+    n_users: int = 0  # set from the data at fit time
+
+
+class NCFConfig(MFConfig):
+    mlp: tuple[int, ...] = (64, 32, 16)
+    dropout: float = 0.1
+
+
+class MFNet(nn.Module):
+    def __init__(self, n_users: int, n_items: int, d: int) -> None:
+        super().__init__()
+        self.users = nn.Embedding(n_users + 1, d)  # row n_users = "unknown user"
+        self.items = nn.Embedding(n_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.users.weight, std=0.05)
+        nn.init.normal_(self.items.weight, std=0.05)
+
+    def pair(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return (self.users(u).unsqueeze(1) * self.items(i)).sum(-1)
+
+    def all_items(self, user_vec: torch.Tensor) -> torch.Tensor:
+        return user_vec @ self.items.weight.T
+
+
+class NCFNet(nn.Module):
+    """NeuMF: a GMF branch and an MLP branch on separate embeddings, fused by one linear layer."""
+
+    def __init__(self, n_users: int, n_items: int, d: int, mlp: Sequence[int], dropout: float) -> None:
+        super().__init__()
+        self.gmf_u, self.gmf_i = nn.Embedding(n_users + 1, d), nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.mlp_u, self.mlp_i = nn.Embedding(n_users + 1, d), nn.Embedding(n_items + 1, d, padding_idx=0)
+        for e in (self.gmf_u, self.gmf_i, self.mlp_u, self.mlp_i):
+            nn.init.normal_(e.weight, std=0.05)
+        layers: list[nn.Module] = []
+        width = 2 * d
+        for h in mlp:
+            layers += [nn.Dropout(dropout), nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Linear(d + width, 1)
+
+    def score_vecs(self, gu: torch.Tensor, mu: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """``gu, mu [B, d]`` user vectors, ``i [B, K]`` items -> logits ``[B, K]``."""
+        gi, mi = self.gmf_i(i), self.mlp_i(i)
+        gmf = gu.unsqueeze(1) * gi
+        m = self.mlp(torch.cat([mu.unsqueeze(1).expand_as(mi), mi], -1))
+        return self.out(torch.cat([gmf, m], -1)).squeeze(-1)
+
+    def pair(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        return self.score_vecs(self.gmf_u(u), self.mlp_u(u), i)
+
+
+class _UserItemModel(Recommender):
+    config_cls: ClassVar[type[Strict]] = MFConfig
+    uses_user_ids: ClassVar[bool] = True
+
+    def __init__(self, params: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> None:
+        p = self.config_cls(**(params or {}))
+        t = TrainConfig(**(train or {}))
+        super().__init__(params=p.model_dump(), train=t.model_dump())
+        self.params, self.train_cfg = p, t
+        self.net: nn.Module | None = None
+
+    def fit(self, split: Split, run_dir: Any = None, resume: bool = False) -> _UserItemModel:
+        from padrec.train.trainer import train
+
+        self._remember_items(split)
+        self.params = self.params.model_copy(update={"n_users": split.dataset.n_users})
+        self.config["params"] = self.params.model_dump()
+        self._build()
+        train(self, split, run_dir=run_dir, resume=resume)
+        return self
+
+    def train_loader(self, split: Split) -> DataLoader:
+        lengths = np.diff(split.train_offsets)
+        users = np.repeat(np.arange(len(lengths)), lengths)
+        pairs = TensorDataset(torch.from_numpy(users), torch.from_numpy(split.train_items))
+        return DataLoader(pairs, batch_size=self.train_cfg.batch_size, shuffle=True)
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Pairwise BPR loss with ``n_negatives`` uniform negatives per pair (``train.loss`` is unused)."""
+        u, i = batch
+        k = max(1, self.train_cfg.n_negatives)
+        j = torch.randint(1, self.n_items + 1, (len(u), k))
+        pos = self.net.pair(u, i[:, None])
+        neg = self.net.pair(u, j)
+        return -F.logsigmoid(pos - neg).mean(), len(u)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+
+@register("bpr")
+class BPRMF(_UserItemModel):
+    """BPR-MF (Rendle et al., UAI 2009): dot-product factors trained with the pairwise BPR loss."""
+
+    config_cls = MFConfig
+
+    def _build(self) -> None:
+        torch.manual_seed(self.train_cfg.seed)
+        self.net = MFNet(self.params.n_users, self.n_items, self.params.d)
+
+    @torch.inference_mode()
+    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        net: MFNet = self.net
+        if users is not None:
+            vec = net.users(torch.as_tensor(np.asarray(users), dtype=torch.long))
+        else:
+            vec = torch.stack([net.items(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
+        return net.all_items(vec).float()
+
+
+@register("ncf")
+class NCF(_UserItemModel):
+    """NCF/NeuMF (He et al., WWW 2017): GMF + MLP over user and item embeddings."""
+
+    config_cls = NCFConfig
+
+    def _build(self) -> None:
+        torch.manual_seed(self.train_cfg.seed)
+        p = self.params
+        self.net = NCFNet(p.n_users, self.n_items, p.d, p.mlp, p.dropout)
+
+    @torch.inference_mode()
+    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        net: NCFNet = self.net
+        was = net.training
+        net.eval()
+        if users is not None:
+            u = torch.as_tensor(np.asarray(users), dtype=torch.long)
+            gu, mu = net.gmf_u(u), net.mlp_u(u)
+        else:
+            gu = torch.stack([net.gmf_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
+            mu = torch.stack([net.mlp_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
+        items = torch.arange(self.n_items + 1)
+        out = torch.cat(
+            [
+                net.score_vecs(gu[b : b + 64], mu[b : b + 64], items.expand(len(gu[b : b + 64]), -1))
+                for b in range(0, len(gu), 64)
+            ]
+        )
+        net.train(was)
+        return out.float()
