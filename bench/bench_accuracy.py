@@ -24,7 +24,7 @@ from padrec.data.split import leave_one_out
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.report import git_commit, write_bench
-from padrec.models import get_model_class
+from padrec.models import Recommender, get_model_class
 from padrec.train.config import parse_overrides, resolve
 
 ROOT = Path(__file__).resolve().parent
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--note", default="")
+    ap.add_argument("--evaluate-only", action="store_true", help="Test the run already in --run-dir.")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides(args.overrides)
     run_dir = args.run_dir or ROOT / ".work" / "runs" / args.dataset / args.model
     t0 = time.perf_counter()
-    if hasattr(cls, "config_cls"):
+    if args.evaluate_only:
+        rec = Recommender.load(run_dir)
+        info = json.loads((run_dir / "train.json").read_text())
+    elif hasattr(cls, "config_cls"):
         params, tcfg = resolve(args.model, cls.config_cls, split.dataset.name, overrides)
         rec = cls(params=params.model_dump(), train=tcfg.model_dump())
         rec.fit(split, run_dir=run_dir, resume=(run_dir / "checkpoints" / "last.ckpt").exists())
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         {
             "epochs": int(info.get("epochs") or 0),
             "best_epoch": info.get("best_epoch"),
-            "seconds_per_epoch": float(info["train_seconds"]) / epochs,
+            "seconds_per_epoch": float(info.get("seconds_per_epoch") or info["train_seconds"] / epochs),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
     )

@@ -61,6 +61,13 @@ def pad_left(seqs: Sequence[np.ndarray], length: int, fill: int = 0) -> np.ndarr
     return out
 
 
+def query_seqs(histories: Sequence[np.ndarray], max_len: int, bidirectional: bool, mask_id: int) -> torch.Tensor:
+    """Model input that asks for the next item: BERT4Rec-style models get a trailing mask token."""
+    if bidirectional:
+        return torch.from_numpy(pad_left([np.append(h[-(max_len - 1) :], mask_id) for h in histories], max_len))
+    return torch.from_numpy(pad_left(histories, max_len))
+
+
 class SeqNet(nn.Module):
     """Item table + encoder; ``user_vectors`` is the query for the next item."""
 
@@ -136,15 +143,14 @@ class SequentialRecommender(Recommender):
         loss = rec_loss(hidden[keep], tgt[keep], self.net.item_vectors(), cfg.loss, cfg.n_negatives)
         return loss, int(keep.sum())
 
+    @property
+    def mask_prob(self) -> float:
+        return getattr(self.params, "mask_prob", 0.2)
+
     def query_batch(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """Left-padded model input for scoring the item after each history."""
-        if self.net is not None and self.net.bidirectional:
-            seqs = pad_left(
-                [np.append(h[-(self.max_len - 1) :], self.net.mask_id) for h in histories], self.max_len
-            )
-        else:
-            seqs = pad_left(histories, self.max_len)
-        return torch.from_numpy(seqs)
+        assert self.net is not None
+        return query_seqs(histories, self.max_len, self.net.bidirectional, self.net.mask_id)
 
     @torch.inference_mode()
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:

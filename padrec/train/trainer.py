@@ -110,7 +110,8 @@ class RecLightning(L.LightningModule):
         self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        groups = self.rec.param_groups() if hasattr(self.rec, "param_groups") else self.net.parameters()
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
 
 def validation_ndcg(rec: Any, split: Split, batch_size: int = 1024) -> float:
@@ -121,13 +122,13 @@ def validation_ndcg(rec: Any, split: Split, batch_size: int = 1024) -> float:
     return float(res.overall["NDCG@10"])
 
 
-def sequence_loader(rec: SequentialRecommender, split: Split) -> DataLoader:
+def sequence_loader(rec: Any, split: Split) -> DataLoader:
     """Users with something to predict, batched into next-item or cloze examples."""
     cfg = rec.train_cfg
     seqs = split.train_sequences()
     lengths = np.diff(split.train_offsets)
     if rec.net.bidirectional:
-        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.params.mask_prob, cfg.seed)
+        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.mask_prob, cfg.seed)
         users = np.flatnonzero(lengths >= 1)
     else:
         collate = NextItemBatches(seqs, rec.max_len)

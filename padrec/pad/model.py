@@ -1,0 +1,183 @@
+"""PAD's networks: the text adapter, the aligned tower (stage 2) and the gated triple experts (stage 3).
+
+Every expert is an (item table, sequence encoder) pair, so any padrec backbone plugs in. Text vectors
+are a fixed buffer (the language model ran offline, once per item): serving needs only the item
+tables and three encoder passes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from padrec.models.layers import ItemTable
+from padrec.models.sequential import SeqNet
+
+EXPERTS = ("collab", "aligned", "text")
+
+
+class TextAdapter(nn.Module):
+    """g(t): Linear(D→d) + GELU, then ``n_layers`` × [Dropout, Linear(d→d), GELU] (no PCA, as in PAD)."""
+
+    def __init__(self, text_dim: int, d: int, n_layers: int = 2, dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Linear(text_dim, d), nn.GELU()]
+        for _ in range(n_layers):
+            layers += [nn.Dropout(dropout), nn.Linear(d, d), nn.GELU()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.net(t)
+
+
+def _text_rows(text: torch.Tensor, rows: int) -> torch.Tensor:
+    """Pad the text table with zero rows (e.g. BERT4Rec's mask token) and zero the padding row."""
+    out = torch.zeros(rows, text.size(1), dtype=torch.float32)
+    n = min(rows, text.size(0))
+    out[:n] = text[:n].float()
+    out[0] = 0
+    return out
+
+
+class AlignedNet(nn.Module):
+    """Stage 2 tower: h_i = GELU(W [e_i ; g(t_i)] + b) with a copy of the backbone's table and encoder."""
+
+    def __init__(self, backbone: SeqNet, text: torch.Tensor, adapter_layers: int, dropout: float,
+                 freeze_copy: bool = False) -> None:
+        super().__init__()
+        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+        self.items = copy.deepcopy(backbone.items)
+        self.encoder = copy.deepcopy(backbone.encoder)
+        if freeze_copy:
+            for p in (*self.items.parameters(), *self.encoder.parameters()):
+                p.requires_grad_(False)
+        rows, d = self.items.all().shape
+        self.register_buffer("text", _text_rows(text, rows))
+        self.adapter = TextAdapter(text.size(1), d, adapter_layers, dropout)
+        self.fuse = nn.Linear(2 * d, d)
+
+    def all_vectors(self) -> torch.Tensor:
+        h = F.gelu(self.fuse(torch.cat([self.items.all(), self.adapter(self.text)], dim=-1)))
+        return torch.cat([torch.zeros_like(h[:1]), h[1:]])  # padding stays zero
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.all_vectors()[: self.n_items + 1]
+
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.all_vectors() if table is None else table
+        return self.encoder(F.embedding(seqs, table), seqs == 0)
+
+    def user_vectors(self, seqs: torch.Tensor) -> torch.Tensor:
+        return self.encode(seqs)[:, -1]
+
+
+class TextNet(nn.Module):
+    """Text-only expert: a fresh adapter over the text buffer and a fresh encoder of the backbone's kind."""
+
+    def __init__(self, backbone: SeqNet, text: torch.Tensor, adapter_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+        rows, d = backbone.items.all().shape
+        fresh = copy.deepcopy(backbone.encoder)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters") and m is not fresh:
+                m.reset_parameters()
+        self.encoder = fresh
+        self.register_buffer("text", _text_rows(text, rows))
+        self.adapter = TextAdapter(text.size(1), d, adapter_layers, dropout)
+        self.mask_vec = nn.Parameter(torch.zeros(d))
+
+    def all_vectors(self) -> torch.Tensor:
+        v = self.adapter(self.text)
+        v = torch.cat([torch.zeros_like(v[:1]), v[1:]])
+        if self.bidirectional:  # the mask token has no text: it gets a learned vector
+            v = torch.cat([v[: self.mask_id], self.mask_vec[None], v[self.mask_id + 1 :]])
+        return v
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.all_vectors()[: self.n_items + 1]
+
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.all_vectors() if table is None else table
+        return self.encoder(F.embedding(seqs, table), seqs == 0)
+
+
+class CollabNet(nn.Module):
+    """Collaborative expert: the pre-trained id table and encoder, with the ``encode(seqs, table)`` API."""
+
+    def __init__(self, backbone: SeqNet) -> None:
+        super().__init__()
+        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+        self.items: ItemTable = copy.deepcopy(backbone.items)
+        self.encoder = copy.deepcopy(backbone.encoder)
+
+    def all_vectors(self) -> torch.Tensor:
+        return self.items.all()
+
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.all_vectors() if table is None else table
+        return self.encoder(F.embedding(seqs, table), seqs == 0)
+
+
+def gate_init(n_bins: int) -> dict[str, torch.Tensor]:
+    """Reference initialisation: collaborative leads on popular bins, text on cold, aligned starts small."""
+    return {
+        "collab": torch.linspace(1.0, 0.0, n_bins),
+        "aligned": torch.linspace(-4.0, -5.0, n_bins),
+        "text": torch.linspace(0.0, 1.0, n_bins),
+    }
+
+
+class PADNet(nn.Module):
+    """Triple experts mixed per item-popularity bin: s(u,i) = Σ_k w_k(bin(i)) ⟨user_k(u), item_k(i)⟩."""
+
+    def __init__(
+        self,
+        experts: dict[str, nn.Module],
+        item_bins: torch.Tensor,
+        n_bins: int,
+        learn_gates: bool = True,
+    ) -> None:
+        super().__init__()
+        self.names = tuple(experts)
+        first = next(iter(experts.values()))
+        self.n_items, self.bidirectional, self.mask_id = first.n_items, first.bidirectional, first.mask_id
+        self.experts = nn.ModuleDict(experts)
+        init = gate_init(n_bins)
+        self.gates = nn.Parameter(torch.stack([init[k] for k in self.names]), requires_grad=learn_gates)
+        self.register_buffer("item_bins", item_bins.long().clone())
+
+    def gate_weights(self) -> torch.Tensor:
+        """``[n_experts, n_bins]``: sum-normalised sigmoids of the gate logits."""
+        s = torch.sigmoid(self.gates)
+        return s / s.sum(0, keepdim=True)
+
+    def item_weights(self) -> torch.Tensor:
+        """``[n_experts, n_items + 1]`` gate weight of each expert for each item."""
+        return self.gate_weights()[:, self.item_bins]
+
+    def tables(self) -> list[torch.Tensor]:
+        return [self.experts[k].all_vectors() for k in self.names]
+
+    def hidden(self, seqs: torch.Tensor, tables: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        tables = self.tables() if tables is None else tables
+        return [self.experts[k].encode(seqs, t) for k, t in zip(self.names, tables, strict=True)]
+
+    def fused_scores(self, hidden: Sequence[torch.Tensor], tables: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Gated sum of the experts' scores against every item: ``[N, n_items + 1]``."""
+        w = self.item_weights()
+        n = self.n_items + 1
+        return sum(w[k] * (h @ t[:n].T) for k, (h, t) in enumerate(zip(hidden, tables, strict=True)))
+
+    def expert_scores(self, seqs: torch.Tensor) -> list[torch.Tensor]:
+        tables = self.tables()
+        n = self.n_items + 1
+        return [h[:, -1] @ t[:n].T for h, t in zip(self.hidden(seqs, tables), tables, strict=True)]
+
+    def score(self, seqs: torch.Tensor) -> torch.Tensor:
+        tables = self.tables()
+        return self.fused_scores([h[:, -1] for h in self.hidden(seqs, tables)], tables)

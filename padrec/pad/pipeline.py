@@ -1,0 +1,180 @@
+"""PAD end to end: pre-train → embed → align → disentangle, each stage reused when already in the run dir.
+
+A stage is finished when its sub-directory holds ``model.pt`` and ``train.json``; an interrupted stage
+resumes from its ``checkpoints/last.ckpt``. The final table compares the backbone, the aligned tower and
+PAD under one protocol, overall and per popularity bin.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padrec.data.split import Split
+from padrec.eval.evaluator import Evaluator
+from padrec.eval.protocol import Protocol
+from padrec.eval.results import Results
+from padrec.models.base import Recommender, get_model_class
+from padrec.pad.recommender import PAD, PADAligned
+from padrec.train.config import resolve
+from padrec.utils import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
+STAGES = ("pretrain", "embed", "align", "pad")
+
+
+def stage_done(path: Path) -> bool:
+    return (path / "model.pt").exists() and (path / "train.json").exists()
+
+
+@dataclass
+class PADRun:
+    """Paths and models of one pipeline run."""
+
+    run_dir: Path
+    backbone: Recommender | None = None
+    aligned: PADAligned | None = None
+    pad: PAD | None = None
+    text: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)
+    results: dict[str, Results] = field(default_factory=dict)
+
+
+def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``backbone.*`` keys go to the backbone (and its training), everything else to PAD's stages."""
+    bb = {k.removeprefix("backbone."): v for k, v in overrides.items() if k.startswith("backbone.")}
+    pad = {k: v for k, v in overrides.items() if not k.startswith("backbone.")}
+    return bb, pad
+
+
+def _pad_configs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from padrec.pad.recommender import PADConfig
+    from padrec.train.config import ConfigError, TrainConfig
+
+    params: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    for key, value in overrides.items():
+        sec, _, name = key.rpartition(".")
+        name = name or key
+        if sec in ("", "pad") and name in PADConfig.model_fields:
+            params[name] = value
+        elif sec in ("", "train") and name in TrainConfig.model_fields:
+            train[name] = value
+        else:
+            raise ConfigError(
+                f"unknown PAD config key {key!r}; PAD keys: {', '.join(PADConfig.model_fields)}; "
+                f"train keys: {', '.join(TrainConfig.model_fields)}; backbone keys take a 'backbone.' prefix"
+            )
+    return params, train
+
+
+def run_pad(
+    split: Split,
+    run_dir: str | Path,
+    backbone: str = "sasrec",
+    encoder: str = "minilm",
+    overrides: dict[str, Any] | None = None,
+    text: np.ndarray | None = None,
+    evaluate: bool = True,
+) -> PADRun:
+    """Run (or finish) every PAD stage in ``run_dir`` and evaluate backbone, aligned tower and PAD."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    bb_over, pad_over = _split_overrides(overrides or {})
+    params, train = _pad_configs(pad_over)
+    out = PADRun(run_dir)
+
+    # Stage 1a: collaborative backbone
+    cls = get_model_class(backbone)
+    pre = run_dir / "pretrain"
+    if stage_done(pre):
+        out.backbone = Recommender.load(pre)
+        out.skipped.append("pretrain")
+    else:
+        bparams, btrain = resolve(backbone, cls.config_cls, split.dataset.name, bb_over)
+        out.backbone = cls(params=bparams.model_dump(), train=btrain.model_dump())
+        out.backbone.fit(split, run_dir=pre, resume=(pre / "checkpoints" / "last.ckpt").exists())
+
+    # Stage 1b: text table
+    text_path = run_dir / "text.npy"
+    if text is not None:
+        out.text = np.asarray(text, dtype=np.float32)
+    elif text_path.exists():
+        out.text = np.load(text_path)
+        out.skipped.append("embed")
+    else:
+        from padrec.text import embed_items
+
+        out.text = embed_items(split.dataset, encoder=encoder).vectors
+    with atomic_path(text_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, out.text)
+
+    # Stage 2: align
+    _, btrain = resolve(backbone, cls.config_cls, split.dataset.name, bb_over)
+    stage_train = {**btrain.model_dump(), **train}
+    al = run_dir / "align"
+    if stage_done(al):
+        out.aligned = Recommender.load(al)
+        out.skipped.append("align")
+    elif "aligned" in params.get("experts", ("aligned",)):
+        out.aligned = PADAligned(params=params, train=stage_train, backbone=backbone)
+        out.aligned.fit(split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists())
+
+    # Stage 3: disentangle
+    pd_dir = run_dir / "pad"
+    if stage_done(pd_dir):
+        out.pad = Recommender.load(pd_dir)
+        out.skipped.append("pad")
+    else:
+        out.pad = PAD(params=params, train=stage_train, backbone=backbone)
+        out.pad.fit(split, out.backbone, out.text, out.aligned, run_dir=pd_dir,
+                    resume=(pd_dir / "checkpoints" / "last.ckpt").exists())
+    atomic_write_text(run_dir / "pad.json", json.dumps(
+        {"backbone": backbone, "encoder": encoder, "dataset": split.dataset.name, "overrides": overrides or {},
+         "skipped": out.skipped}, indent=2, default=str))
+
+    if evaluate:
+        ev = Evaluator(split, Protocol())
+        for label, model in ((backbone, out.backbone), ("aligned", out.aligned), (f"pad-{backbone}", out.pad)):
+            if model is not None:
+                res = ev.run(model, stage="test")
+                res.model = label
+                out.results[label] = res
+        atomic_write_text(run_dir / "results.json", json.dumps({k: r.to_dict() for k, r in out.results.items()},
+                                                               indent=2))
+    return out
+
+
+def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> str:
+    """One table: rows = overall, cold, warm and bin1..bin10 (+unseen); columns = model × metric."""
+    names = list(results)
+    first = next(iter(results.values()))
+    rows = ["overall", "cold", "warm", *[g for g in first.groups if g.startswith("bin") or g == "unseen"]]
+    head = ["group", "users", *[f"{n} {m}" for n in names for m in metrics]]
+    widths = [max(8, len(h)) for h in head]
+    lines = [f"protocol {first.protocol}, dataset {first.dataset}, stage {first.stage}",
+             "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    for g in rows:
+        cells = [g]
+        src = {n: (r.overall if g == "overall" else r.groups.get(g, {})) for n, r in results.items()}
+        users = first.n_users if g == "overall" else int(first.groups.get(g, {}).get("users", 0))
+        cells.append(str(users))
+        for n in names:
+            for m in metrics:
+                v = src[n].get(m)
+                cells.append("-" if v is None else f"{v:.4f}")
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    if len(names) >= 2:
+        base, last = results[names[0]], results[names[-1]]
+        for g in ("overall", "cold"):
+            a = base.overall if g == "overall" else base.groups.get(g, {})
+            b = last.overall if g == "overall" else last.groups.get(g, {})
+            if a.get("NDCG@10"):
+                lines.append(f"{names[-1]} vs {names[0]} NDCG@10 on {g}: {100 * (b['NDCG@10'] / a['NDCG@10'] - 1):+.1f}%")
+    return "\n".join(lines)

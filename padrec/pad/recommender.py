@@ -1,0 +1,234 @@
+"""PAD's stages as recommenders: ``pad-align`` (stage 2 tower) and ``pad`` (stage 3 triple experts).
+
+Both wrap a trained backbone (any :class:`SequentialRecommender`) and a fixed text table, train with
+the shared Lightning loop, and save/load like every other model (state dict + JSON config; the text
+table and popularity bins are buffers in the state dict, so a run directory is self-contained).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from padrec.data.split import Split
+from padrec.models.base import Recommender, get_model_class, register
+from padrec.models.losses import rec_loss
+from padrec.models.sequential import SeqNet, SequentialRecommender, query_seqs
+from padrec.pad.losses import DEFAULT_ALPHAS, Kernel, alignment_loss
+from padrec.pad.model import EXPERTS, AlignedNet, CollabNet, PADNet, TextNet
+from padrec.train.config import Strict, TrainConfig
+
+
+class PADConfig(Strict):
+    lam: float = 0.2
+    alignment: Literal["mmd", "infonce"] = "mmd"
+    kernel: Kernel = "gaussian"
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    temperature: float = 0.1
+    adapter_layers: int = 2
+    adapter_dropout: float = 0.2
+    freeze_copy: bool = False
+    experts: tuple[str, ...] = EXPERTS
+    learn_gates: bool = True
+    n_bins: int = 10
+    mmd_max_items: int = 512
+
+
+def bins_for_gates(popularity_bins: np.ndarray, n_bins: int) -> torch.Tensor:
+    """Split bins 1..n (and unseen = n+1) -> gate columns 0..n-1; unseen items share the coldest."""
+    b = np.clip(np.asarray(popularity_bins), 1, n_bins) - 1
+    return torch.as_tensor(b, dtype=torch.long)
+
+
+class _PADStage(Recommender):
+    """Shared plumbing: backbone description, query building, state (de)serialisation."""
+
+    def __init__(
+        self,
+        params: dict[str, Any] | None = None,
+        train: dict[str, Any] | None = None,
+        backbone: str = "sasrec",
+        backbone_params: dict[str, Any] | None = None,
+        text_dim: int = 0,
+    ) -> None:
+        p = PADConfig(**(params or {}))
+        t = TrainConfig(**(train or {}))
+        bcls = get_model_class(backbone)
+        if not issubclass(bcls, SequentialRecommender):
+            raise ValueError(f"PAD needs a sequential backbone (sasrec, gru4rec, bert4rec, caser), got {backbone!r}")
+        bp = bcls.config_cls(**(backbone_params or {}))
+        super().__init__(params=p.model_dump(), train=t.model_dump(), backbone=backbone,
+                         backbone_params=bp.model_dump(), text_dim=text_dim)
+        self.params, self.train_cfg, self.backbone_params = p, t, bp
+        self.net: Any = None
+
+    @property
+    def max_len(self) -> int:
+        return self.backbone_params.max_len
+
+    @property
+    def mask_prob(self) -> float:
+        return getattr(self.backbone_params, "mask_prob", 0.2)
+
+    def _template_backbone(self) -> SeqNet:
+        return SeqNet(self.config["backbone"], self.n_items, self.backbone_params)
+
+    def _describe(self, backbone: SequentialRecommender, text: np.ndarray) -> None:
+        if backbone.name != self.config["backbone"]:
+            raise ValueError(f"backbone is {backbone.name!r} but the config says {self.config['backbone']!r}")
+        self.backbone_params = backbone.params
+        self.config["backbone_params"] = backbone.params.model_dump()
+        self.config["text_dim"] = int(text.shape[1])
+        if text.shape[0] != self.n_items + 1:
+            raise ValueError(f"text table has {text.shape[0]} rows, expected n_items + 1 = {self.n_items + 1}")
+        if not np.isfinite(text).all():
+            raise ValueError("text table has NaN or inf values")
+
+    def train_loader(self, split: Split) -> Any:
+        from padrec.train.trainer import sequence_loader
+
+        return sequence_loader(self, split)
+
+    def query(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        return query_seqs(histories, self.max_len, self.net.bidirectional, self.net.mask_id)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+    def _fit(self, split: Split, run_dir: Any, resume: bool) -> None:
+        from padrec.train.trainer import train
+
+        train(self, split, run_dir=run_dir, resume=resume)
+
+
+@register("pad-align")
+class PADAligned(_PADStage):
+    """Stage 2: the aligned tower trained with recommendation loss + λ·alignment(g(t), e)."""
+
+    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
+        backbone = backbone or self._template_backbone()
+        text = text if text is not None else torch.zeros(self.n_items + 1, self.config["text_dim"])
+        p = self.params
+        self.net = AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout, p.freeze_copy)
+
+    def fit(self, split: Split, backbone: SequentialRecommender, text: np.ndarray,
+            run_dir: Any = None, resume: bool = False) -> PADAligned:
+        self._remember_items(split)
+        self._describe(backbone, text)
+        torch.manual_seed(self.train_cfg.seed)
+        self._build(backbone.net, torch.as_tensor(text))
+        self._fit(split, run_dir, resume)
+        return self
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inp, tgt = batch
+        net: AlignedNet = self.net
+        table = net.all_vectors()
+        hidden = net.encode(inp, table)
+        keep = tgt > 0
+        cfg, p = self.train_cfg, self.params
+        loss = rec_loss(hidden[keep], tgt[keep], table[: net.n_items + 1], cfg.loss, cfg.n_negatives)
+        if p.lam > 0:
+            items = torch.unique(torch.cat([inp.flatten(), tgt.flatten()]))
+            items = items[(items > 0) & (items <= net.n_items)]  # never padding or the mask token
+            if len(items) > p.mmd_max_items:
+                items = items[torch.randperm(len(items))[: p.mmd_max_items]]
+            if len(items) >= 2:
+                g = net.adapter(net.text[items])
+                e = net.items(items)
+                loss = loss + p.lam * alignment_loss(g, e, p.alignment, p.kernel, p.alphas, p.temperature)
+        return loss, int(keep.sum())
+
+    @torch.inference_mode()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        net: AlignedNet = self.net
+        was = net.training
+        net.eval()
+        table = net.all_vectors()
+        users = net.encode(self.query(histories), table)[:, -1]
+        net.train(was)
+        return (users @ table[: net.n_items + 1].T).float()
+
+    def text_space(self) -> np.ndarray:
+        """g(t) for every item: the adapted text vectors compared with the id table in the analysis."""
+        with torch.inference_mode():
+            self.net.eval()
+            return self.net.adapter(self.net.text[: self.n_items + 1]).numpy()
+
+
+@register("pad")
+class PAD(_PADStage):
+    """Stage 3: collaborative, aligned and text-only experts mixed by item-popularity gates."""
+
+    def _build(self, experts: dict[str, nn.Module] | None = None, bins: torch.Tensor | None = None) -> None:
+        p = self.params
+        if experts is None:
+            bb = self._template_backbone()
+            text = torch.zeros(self.n_items + 1, self.config["text_dim"])
+            makers = {
+                "collab": lambda: CollabNet(bb),
+                "aligned": lambda: AlignedNet(bb, text, p.adapter_layers, p.adapter_dropout),
+                "text": lambda: TextNet(bb, text, p.adapter_layers, p.adapter_dropout),
+            }
+            experts = {k: makers[k]() for k in p.experts}
+        bins = bins if bins is not None else torch.zeros(self.n_items + 1, dtype=torch.long)
+        self.net = PADNet(experts, bins, p.n_bins, p.learn_gates)
+
+    def fit(self, split: Split, backbone: SequentialRecommender, text: np.ndarray,
+            aligned: PADAligned | None = None, run_dir: Any = None, resume: bool = False) -> PAD:
+        self._remember_items(split)
+        self._describe(backbone, text)
+        p = self.params
+        unknown = set(p.experts) - set(EXPERTS)
+        if unknown or not p.experts:
+            raise ValueError(f"unknown experts {sorted(unknown)}; choose from {EXPERTS}")
+        if "aligned" in p.experts and aligned is None:
+            raise ValueError("the aligned expert needs the stage-2 model (pad-align)")
+        torch.manual_seed(self.train_cfg.seed)
+        t = torch.as_tensor(text)
+        makers = {
+            "collab": lambda: CollabNet(backbone.net),
+            "aligned": lambda: _copy_module(aligned.net),
+            "text": lambda: TextNet(backbone.net, t, p.adapter_layers, p.adapter_dropout),
+        }
+        experts = {k: makers[k]() for k in p.experts}
+        self._build(experts, bins_for_gates(split.popularity_bins, p.n_bins))
+        self._fit(split, run_dir, resume)
+        return self
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Gates get no weight decay: decay would pull every expert towards an equal share."""
+        others = [p for n, p in self.net.named_parameters() if n != "gates"]
+        return [{"params": others}, {"params": [self.net.gates], "weight_decay": 0.0}]
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inp, tgt = batch
+        net: PADNet = self.net
+        tables = net.tables()
+        keep = tgt > 0
+        hidden = [h[keep] for h in net.hidden(inp, tables)]
+        logits = net.fused_scores(hidden, tables)
+        logits[:, 0] = torch.finfo(logits.dtype).min
+        return F.cross_entropy(logits, tgt[keep]), int(keep.sum())
+
+    @torch.inference_mode()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        was = self.net.training
+        self.net.eval()
+        out = self.net.score(self.query(histories))
+        self.net.train(was)
+        return out.float()
+
+
+def _copy_module(m: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(m)
