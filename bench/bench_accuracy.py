@@ -55,7 +55,8 @@ def _load_records() -> list[dict]:
 
 def markdown(records: list[dict]) -> str:
     lines = [
-        "| dataset | model | protocol | HR@10 | NDCG@10 | published HR@10 / NDCG@10 | source | epochs | s/epoch | device |",
+        "| dataset | model | protocol | HR@10 | NDCG@10 | published HR@10 / NDCG@10 | source | epochs | s/epoch "
+        "| device |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (r["dataset"], r["model"])):

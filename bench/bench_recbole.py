@@ -33,7 +33,7 @@ WORK = ROOT / ".work"
 VENV = WORK / "recbole-venv"
 HP = {"max_len": 50, "d": 64, "n_layers": 2, "n_heads": 1, "dropout": 0.5, "batch_size": 256, "lr": 0.001}
 
-RUNNER = r'''
+RUNNER = r"""
 import json, sys, time
 from recbole.quick_start import run_recbole
 cfg = json.loads(sys.argv[1])
@@ -41,7 +41,7 @@ t0 = time.time()
 res = run_recbole(model="SASRec", dataset=cfg.pop("dataset"), config_dict=cfg)
 print("PADREC_BENCH_RESULT " + json.dumps({"best_valid_score": float(res["best_valid_score"]),
       "wall": time.time() - t0}))
-'''
+"""
 
 
 def ensure_venv() -> Path:
@@ -128,16 +128,35 @@ def run_padrec(name: str, epochs: int) -> dict:
     """padrec's SASRec in a fresh process (same threads as RecBole), timed per epoch from its CSV log."""
     run_dir = WORK / "speed-runs" / name / "sasrec"
     overrides = [
-        f"model.max_len={HP['max_len']}", f"model.d={HP['d']}", f"model.n_layers={HP['n_layers']}",
-        f"model.n_heads={HP['n_heads']}", f"model.dropout={HP['dropout']}", f"batch_size={HP['batch_size']}",
-        f"lr={HP['lr']}", f"max_epochs={epochs}", f"patience={epochs}", "progress=false",
+        f"model.max_len={HP['max_len']}",
+        f"model.d={HP['d']}",
+        f"model.n_layers={HP['n_layers']}",
+        f"model.n_heads={HP['n_heads']}",
+        f"model.dropout={HP['dropout']}",
+        f"batch_size={HP['batch_size']}",
+        f"lr={HP['lr']}",
+        f"max_epochs={epochs}",
+        f"patience={epochs}",
+        "progress=false",
     ]
     if run_dir.exists():
         import shutil
 
         shutil.rmtree(run_dir)
-    cmd = [sys.executable, "-m", "padrec.cli", "train", "--model", "sasrec", "--dataset", name,
-           "--run-dir", str(run_dir), "--no-evaluate", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "padrec.cli",
+        "train",
+        "--model",
+        "sasrec",
+        "--dataset",
+        name,
+        "--run-dir",
+        str(run_dir),
+        "--no-evaluate",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
@@ -153,10 +172,20 @@ def main() -> None:
     ours = run_padrec(args.dataset, args.epochs)
     theirs = run_recbole(args.dataset, args.epochs)
     ratio = theirs["seconds_per_epoch"] / ours["seconds_per_epoch"]
-    note = (f"CPU, {os.cpu_count()} cores, same process type; {args.epochs} epochs each (budget, not convergence); "
-            f"hyper-parameters {HP}; speed-up per epoch = {ratio:.2f}x")
-    base = {"task": "speed", "dataset": args.dataset, "protocol": "full-loo", "device": "cpu", "seeds": [42],
-            "commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "note": note}
+    note = (
+        f"CPU, {os.cpu_count()} cores, same process type; {args.epochs} epochs each (budget, not convergence); "
+        f"hyper-parameters {HP}; speed-up per epoch = {ratio:.2f}x"
+    )
+    base = {
+        "task": "speed",
+        "dataset": args.dataset,
+        "protocol": "full-loo",
+        "device": "cpu",
+        "seeds": [42],
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "note": note,
+    }
     records = [
         {**base, "model": "sasrec", "metrics": {**ours, "speedup_vs_recbole": ratio}},
         {**base, "model": "recbole-sasrec", "metrics": theirs},
@@ -164,8 +193,10 @@ def main() -> None:
     md = ["| model | s/epoch | s to best | valid NDCG@10 | best epoch |", "|---|---|---|---|---|"]
     for r in records:
         m = r["metrics"]
-        md.append(f"| {r['model']} | {m['seconds_per_epoch']:.1f} | {m['seconds_to_best']:.1f} | "
-                  f"{m['NDCG@10']:.4f} | {m['best_epoch']} |")
+        md.append(
+            f"| {r['model']} | {m['seconds_per_epoch']:.1f} | {m['seconds_to_best']:.1f} | "
+            f"{m['NDCG@10']:.4f} | {m['best_epoch']} |"
+        )
     md.append(f"\n{note}\n")
     write_bench("speed_recbole", records, "\n".join(md) + "\n")
     print("\n".join(md))

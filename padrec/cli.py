@@ -202,7 +202,8 @@ def evaluate(
 
     proto = _run(lambda: Protocol(kind=protocol, sampler=sampler, n_negatives=n_negatives, seed=seed))
     if run is not None:
-        ref = json.loads((run / "dataset.json").read_text()) if (run / "dataset.json").exists() else None
+        refs = [p / "dataset.json" for p in (run, run.parent) if (p / "dataset.json").exists()]
+        ref = json.loads(refs[0].read_text()) if refs else None
         if ref is None and dataset is None:
             _fail(f"{run}/dataset.json is missing: pass --dataset")
         sp = _load_split(dataset or ref["dataset"], data_dir or (ref or {}).get("data_dir"), split)
@@ -240,6 +241,43 @@ def recommend(
         return
     for rank, r in enumerate(recs, 1):
         typer.echo(f"{rank:3d}  {r['item_id']:>12s}  {r['score']:9.4f}  {r['title']}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def pad(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
+    backbone: Annotated[str, typer.Option(help="sasrec, gru4rec, bert4rec or caser.")] = "sasrec",
+    encoder: Annotated[
+        str, typer.Option(help="Text encoder: minilm (default), a sentence-transformers or HF path.")
+    ] = ("minilm"),
+    data_dir: DataDir = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/DATASET/pad-BACKBONE).")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """PAD: pre-train → embed → align → disentangle (finished stages are reused), then one comparison table.
+
+    Extra arguments are overrides: PAD keys (lam=0.2 kernel=laplacian alignment=infonce
+    experts=[collab,text] learn_gates=false), training keys (lr=0.001 max_epochs=50), and backbone keys
+    with a prefix (backbone.d=128 backbone.max_epochs=100).
+    """
+    from padrec.pad.pipeline import comparison_table, run_pad
+    from padrec.train.config import parse_overrides
+
+    overrides = _run(lambda: parse_overrides(list(ctx.args)))
+    split = _load_split(dataset, data_dir)
+    run_dir = run_dir or Path("runs") / split.dataset.name / f"pad-{backbone}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_dataset_ref(run_dir, dataset, data_dir, split.dataset)
+    out = _run(lambda: run_pad(split, run_dir, backbone=backbone, encoder=encoder, overrides=overrides))
+    if out.skipped:
+        typer.echo(f"reused finished stages: {', '.join(out.skipped)}", err=True)
+    if as_json:
+        typer.echo(json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2))
+    else:
+        typer.echo(comparison_table(out.results))
 
 
 def main() -> None:  # pragma: no cover

@@ -12,8 +12,16 @@ from padrec.models import Recommender
 from padrec.pad.model import gate_init
 from padrec.pad.pipeline import comparison_table, run_pad
 
-FAST = {"backbone.d": 16, "backbone.max_len": 10, "backbone.n_layers": 1, "backbone.max_epochs": 2,
-        "backbone.progress": False, "max_epochs": 2, "progress": False, "batch_size": 32}
+FAST = {
+    "backbone.d": 16,
+    "backbone.max_len": 10,
+    "backbone.n_layers": 1,
+    "backbone.max_epochs": 2,
+    "backbone.progress": False,
+    "max_epochs": 2,
+    "progress": False,
+    "batch_size": 32,
+}
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def get_model_class(name: str) -> type[Recommender]:
 
 
 def _import_builtin() -> None:
-    import padrec.models  # noqa: F401  (registers the built-in models)
+    import padrec.models
     import padrec.pad.recommender  # noqa: F401  (PAD's stages)
 
 

@@ -46,10 +46,20 @@ def _text_rows(text: torch.Tensor, rows: int) -> torch.Tensor:
 class AlignedNet(nn.Module):
     """Stage 2 tower: h_i = GELU(W [e_i ; g(t_i)] + b) with a copy of the backbone's table and encoder."""
 
-    def __init__(self, backbone: SeqNet, text: torch.Tensor, adapter_layers: int, dropout: float,
-                 freeze_copy: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: SeqNet,
+        text: torch.Tensor,
+        adapter_layers: int,
+        dropout: float,
+        freeze_copy: bool = False,
+    ) -> None:
         super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+        self.n_items, self.bidirectional, self.mask_id = (
+            backbone.n_items,
+            backbone.bidirectional,
+            backbone.mask_id,
+        )
         self.items = copy.deepcopy(backbone.items)
         self.encoder = copy.deepcopy(backbone.encoder)
         if freeze_copy:
@@ -80,7 +90,11 @@ class TextNet(nn.Module):
 
     def __init__(self, backbone: SeqNet, text: torch.Tensor, adapter_layers: int, dropout: float) -> None:
         super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+        self.n_items, self.bidirectional, self.mask_id = (
+            backbone.n_items,
+            backbone.bidirectional,
+            backbone.mask_id,
+        )
         rows, d = backbone.items.all().shape
         fresh = copy.deepcopy(backbone.encoder)
         for m in fresh.modules():
@@ -111,7 +125,11 @@ class CollabNet(nn.Module):
 
     def __init__(self, backbone: SeqNet) -> None:
         super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+        self.n_items, self.bidirectional, self.mask_id = (
+            backbone.n_items,
+            backbone.bidirectional,
+            backbone.mask_id,
+        )
         self.items: ItemTable = copy.deepcopy(backbone.items)
         self.encoder = copy.deepcopy(backbone.encoder)
 

@@ -124,7 +124,9 @@ def run_pad(
         out.skipped.append("align")
     elif "aligned" in params.get("experts", ("aligned",)):
         out.aligned = PADAligned(params=params, train=stage_train, backbone=backbone)
-        out.aligned.fit(split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists())
+        out.aligned.fit(
+            split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists()
+        )
 
     # Stage 3: disentangle
     pd_dir = run_dir / "pad"
@@ -133,21 +135,43 @@ def run_pad(
         out.skipped.append("pad")
     else:
         out.pad = PAD(params=params, train=stage_train, backbone=backbone)
-        out.pad.fit(split, out.backbone, out.text, out.aligned, run_dir=pd_dir,
-                    resume=(pd_dir / "checkpoints" / "last.ckpt").exists())
-    atomic_write_text(run_dir / "pad.json", json.dumps(
-        {"backbone": backbone, "encoder": encoder, "dataset": split.dataset.name, "overrides": overrides or {},
-         "skipped": out.skipped}, indent=2, default=str))
+        out.pad.fit(
+            split,
+            out.backbone,
+            out.text,
+            out.aligned,
+            run_dir=pd_dir,
+            resume=(pd_dir / "checkpoints" / "last.ckpt").exists(),
+        )
+    atomic_write_text(
+        run_dir / "pad.json",
+        json.dumps(
+            {
+                "backbone": backbone,
+                "encoder": encoder,
+                "dataset": split.dataset.name,
+                "overrides": overrides or {},
+                "skipped": out.skipped,
+            },
+            indent=2,
+            default=str,
+        ),
+    )
 
     if evaluate:
         ev = Evaluator(split, Protocol())
-        for label, model in ((backbone, out.backbone), ("aligned", out.aligned), (f"pad-{backbone}", out.pad)):
+        for label, model in (
+            (backbone, out.backbone),
+            ("aligned", out.aligned),
+            (f"pad-{backbone}", out.pad),
+        ):
             if model is not None:
                 res = ev.run(model, stage="test")
                 res.model = label
                 out.results[label] = res
-        atomic_write_text(run_dir / "results.json", json.dumps({k: r.to_dict() for k, r in out.results.items()},
-                                                               indent=2))
+        atomic_write_text(
+            run_dir / "results.json", json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2)
+        )
     return out
 
 
@@ -158,8 +182,10 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
     rows = ["overall", "cold", "warm", *[g for g in first.groups if g.startswith("bin") or g == "unseen"]]
     head = ["group", "users", *[f"{n} {m}" for n in names for m in metrics]]
     widths = [max(8, len(h)) for h in head]
-    lines = [f"protocol {first.protocol}, dataset {first.dataset}, stage {first.stage}",
-             "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    lines = [
+        f"protocol {first.protocol}, dataset {first.dataset}, stage {first.stage}",
+        "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)),
+    ]
     for g in rows:
         cells = [g]
         src = {n: (r.overall if g == "overall" else r.groups.get(g, {})) for n, r in results.items()}
@@ -176,5 +202,7 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
             a = base.overall if g == "overall" else base.groups.get(g, {})
             b = last.overall if g == "overall" else last.groups.get(g, {})
             if a.get("NDCG@10"):
-                lines.append(f"{names[-1]} vs {names[0]} NDCG@10 on {g}: {100 * (b['NDCG@10'] / a['NDCG@10'] - 1):+.1f}%")
+                lines.append(
+                    f"{names[-1]} vs {names[0]} NDCG@10 on {g}: {100 * (b['NDCG@10'] / a['NDCG@10'] - 1):+.1f}%"
+                )
     return "\n".join(lines)

@@ -60,10 +60,17 @@ class _PADStage(Recommender):
         t = TrainConfig(**(train or {}))
         bcls = get_model_class(backbone)
         if not issubclass(bcls, SequentialRecommender):
-            raise ValueError(f"PAD needs a sequential backbone (sasrec, gru4rec, bert4rec, caser), got {backbone!r}")
+            raise ValueError(
+                f"PAD needs a sequential backbone (sasrec, gru4rec, bert4rec, caser), got {backbone!r}"
+            )
         bp = bcls.config_cls(**(backbone_params or {}))
-        super().__init__(params=p.model_dump(), train=t.model_dump(), backbone=backbone,
-                         backbone_params=bp.model_dump(), text_dim=text_dim)
+        super().__init__(
+            params=p.model_dump(),
+            train=t.model_dump(),
+            backbone=backbone,
+            backbone_params=bp.model_dump(),
+            text_dim=text_dim,
+        )
         self.params, self.train_cfg, self.backbone_params = p, t, bp
         self.net: Any = None
 
@@ -85,7 +92,9 @@ class _PADStage(Recommender):
         self.config["backbone_params"] = backbone.params.model_dump()
         self.config["text_dim"] = int(text.shape[1])
         if text.shape[0] != self.n_items + 1:
-            raise ValueError(f"text table has {text.shape[0]} rows, expected n_items + 1 = {self.n_items + 1}")
+            raise ValueError(
+                f"text table has {text.shape[0]} rows, expected n_items + 1 = {self.n_items + 1}"
+            )
         if not np.isfinite(text).all():
             raise ValueError("text table has NaN or inf values")
 
@@ -119,8 +128,14 @@ class PADAligned(_PADStage):
         p = self.params
         self.net = AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout, p.freeze_copy)
 
-    def fit(self, split: Split, backbone: SequentialRecommender, text: np.ndarray,
-            run_dir: Any = None, resume: bool = False) -> PADAligned:
+    def fit(
+        self,
+        split: Split,
+        backbone: SequentialRecommender,
+        text: np.ndarray,
+        run_dir: Any = None,
+        resume: bool = False,
+    ) -> PADAligned:
         self._remember_items(split)
         self._describe(backbone, text)
         torch.manual_seed(self.train_cfg.seed)
@@ -182,8 +197,15 @@ class PAD(_PADStage):
         bins = bins if bins is not None else torch.zeros(self.n_items + 1, dtype=torch.long)
         self.net = PADNet(experts, bins, p.n_bins, p.learn_gates)
 
-    def fit(self, split: Split, backbone: SequentialRecommender, text: np.ndarray,
-            aligned: PADAligned | None = None, run_dir: Any = None, resume: bool = False) -> PAD:
+    def fit(
+        self,
+        split: Split,
+        backbone: SequentialRecommender,
+        text: np.ndarray,
+        aligned: PADAligned | None = None,
+        run_dir: Any = None,
+        resume: bool = False,
+    ) -> PAD:
         self._remember_items(split)
         self._describe(backbone, text)
         p = self.params

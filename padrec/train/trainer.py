@@ -26,7 +26,7 @@ from padrec.models.sequential import pad_left
 from padrec.utils import atomic_torch_save, atomic_write_text
 
 if TYPE_CHECKING:
-    from padrec.models.sequential import SequentialRecommender
+    pass
 
 VAL_METRIC = "val_ndcg10"
 
