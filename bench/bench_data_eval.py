@@ -110,8 +110,7 @@ def bench_dataset(name: str, data_dir: Path | None, repeats: int) -> dict[str, A
     note = "; ".join(
         x
         for x in (
-            f"median of {repeats} (all runs: prepare {_fmt(prep_all)}, cached {_fmt(cached_all)}, "
-            f"eval {_fmt(ev_all)})",
+            f"median of {repeats} (all runs: prepare {_fmt(prep_all)}, cached {_fmt(cached_all)}, eval {_fmt(ev_all)})",
             f"{ds.n_users} users / {ds.n_items} items / {ds.n_interactions} interactions",
             f"eval = full ranking of {res.n_users} test users x {split.n_items + 1} columns, d={D}, "
             "history masked, with groups",
@@ -160,9 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
             records.append(rec)
-    js, md = write_bench(
-        "data_eval", records, "Data preparation, cached load and full-ranking evaluation speed"
-    )
+    js, md = write_bench("data_eval", records, "Data preparation, cached load and full-ranking evaluation speed")
     print(f"wrote {js} and {md}")
 
 

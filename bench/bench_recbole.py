@@ -100,9 +100,7 @@ def run_recbole(name: str, epochs: int) -> dict:
         "item_inter_num_interval": "[0,inf)",
     }
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run(
-        [str(py), "-c", RUNNER, json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=WORK
-    )
+    out = subprocess.run([str(py), "-c", RUNNER, json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=WORK)
     log = out.stdout + out.stderr
     if out.returncode != 0:
         raise RuntimeError(f"RecBole failed:\n{log[-4000:]}")

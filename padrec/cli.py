@@ -56,11 +56,7 @@ def data_info(
     from padrec.data.stats import describe
 
     def go() -> dict:
-        raw = (
-            load_raw(name, data_dir)
-            if not Path(name).exists()
-            else load_dataset(name, data_dir, use_cache=False)
-        )
+        raw = load_raw(name, data_dir) if not Path(name).exists() else load_dataset(name, data_dir, use_cache=False)
         prepared = load_dataset(name, data_dir)
         return {**describe(raw), "prepared": describe(prepared), "options": prepared.meta.get("options")}
 
@@ -106,9 +102,7 @@ def train(
     model: Annotated[str, typer.Option(help="Model name, e.g. sasrec, gru4rec, bert4rec, caser, pop.")],
     dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
     data_dir: DataDir = None,
-    run_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/DATASET/MODEL-TIME).")
-    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/MODEL-TIME).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
     evaluate: Annotated[bool, typer.Option(help="Evaluate the best checkpoint on test afterwards.")] = True,
     as_json: AsJson = False,
@@ -174,24 +168,20 @@ def _evaluate_and_print(
 
 @app.command()
 def evaluate(
-    model: Annotated[
-        str | None, typer.Option(help="Untrained model to fit and evaluate (pop, random).")
-    ] = None,
+    model: Annotated[str | None, typer.Option(help="Untrained model to fit and evaluate (pop, random).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name or path (with --model).")] = None,
     run: Annotated[Path | None, typer.Option(help="A run directory from `padrec train`.")] = None,
     data_dir: DataDir = None,
     protocol: Annotated[str, typer.Option(help="full (rank all items) or sampled (100 negatives).")] = "full",
-    sampler: Annotated[
-        str, typer.Option(help="Negative sampler for the sampled protocol: uniform|popularity.")
-    ] = ("uniform"),
+    sampler: Annotated[str, typer.Option(help="Negative sampler for the sampled protocol: uniform|popularity.")] = (
+        "uniform"
+    ),
     n_negatives: Annotated[int, typer.Option(help="Negatives per user for the sampled protocol.")] = 100,
     stage: Annotated[str, typer.Option(help="test or valid.")] = "test",
     split: Annotated[str, typer.Option(help="loo (leave-one-out) or time (global time split).")] = "loo",
     count_test: Annotated[
         bool,
-        typer.Option(
-            help="pop only: count test/valid targets in popularity (a LEAK; reproduces S3Rec's row)."
-        ),
+        typer.Option(help="pop only: count test/valid targets in popularity (a LEAK; reproduces S3Rec's row)."),
     ] = False,
     seed: int = 0,
     as_json: AsJson = False,
@@ -252,9 +242,7 @@ def pad(
         str, typer.Option(help="Text encoder: minilm (default), a sentence-transformers or HF path.")
     ] = ("minilm"),
     data_dir: DataDir = None,
-    run_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/DATASET/pad-BACKBONE).")
-    ] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/pad-BACKBONE).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """PAD: pre-train → embed → align → disentangle (finished stages are reused), then one comparison table.

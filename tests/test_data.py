@@ -133,9 +133,7 @@ def test_ml1m_ratings_dat_preferred_and_nested_zip_layout(tmp_path):
     inner = tmp_path / "ml-1m" / "ml-1m"
     inner.mkdir(parents=True)
     (inner / "ratings.dat").write_text("2::10::5::300\n1::20::4::200\n1::10::3::100\n1::30::1::200\n")
-    (inner / "movies.dat").write_bytes(
-        "10::Caf\xe9 (1999)::Drama|Comedy\n20::B (1990)::Horror\n".encode("latin-1")
-    )
+    (inner / "movies.dat").write_bytes("10::Caf\xe9 (1999)::Drama|Comedy\n20::B (1990)::Horror\n".encode("latin-1"))
     (inner / "sequences.txt").write_text("9 99 98\n")
     ds = load_raw("ml-1m", tmp_path)
     assert seqs_ext(ds) == {"1": ["10", "20", "30"], "2": ["10"]}  # users by id, ties (200) in file order
@@ -293,9 +291,7 @@ def test_cache_source_hash_memo_avoids_rehash(tmp_path, monkeypatch):
     monkeypatch.setenv("PADREC_CACHE", str(tmp_path / "cache"))
     path = _write_seq(tmp_path)
     load_dataset(path)
-    monkeypatch.setattr(
-        cache_mod, "sha256_file", lambda p: (_ for _ in ()).throw(AssertionError("re-hashed"))
-    )
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: (_ for _ in ()).throw(AssertionError("re-hashed")))
     assert load_dataset(path).meta["cache"]["hit"] is True
 
 
@@ -337,8 +333,7 @@ def test_paths_env(monkeypatch, tmp_path):
 def test_interactions_with_item_table_iso_time_and_ratings(tmp_path):
     inter = tmp_path / "events.csv"
     inter.write_text(
-        "user_id,item_id,when,stars\n"
-        "7,007,2024-01-02T10:00:00Z,5\n7,008,2024-01-01T10:00:00Z,2\n8,007,2024-01-03,4\n"
+        "user_id,item_id,when,stars\n7,007,2024-01-02T10:00:00Z,5\n7,008,2024-01-01T10:00:00Z,2\n8,007,2024-01-03,4\n"
     )
     items = tmp_path / "items.csv"
     items.write_text('item_id,title,brand\n007,"Bond, James",MI6\n008,Q,\n')
@@ -374,8 +369,7 @@ def test_recbole_atomic_files(tmp_path):
     d = tmp_path / "mini"
     d.mkdir()
     (d / "mini.inter").write_text(
-        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-        "1\t10\t4\t300.0\n1\t11\t5\t100.0\n2\t10\t3\t50\n"
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t4\t300.0\n1\t11\t5\t100.0\n2\t10\t3\t50\n"
     )
     (d / "mini.item").write_text(
         "item_id:token\tmovie_title:token_seq\trelease_year:token\tgenre:token_seq\tscore:float\n"

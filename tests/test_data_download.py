@@ -144,9 +144,7 @@ def test_zip_slip_refused(server, tmp_path):
 
 def test_corrupt_zip(server, tmp_path):
     root = tmp_path / "data"
-    with pytest.raises(
-        DataError, match=r"broken\.zip: (not a valid zip archive|the download does not contain)"
-    ):
+    with pytest.raises(DataError, match=r"broken\.zip: (not a valid zip archive|the download does not contain)"):
         download("ml-100k", root, url=f"{server}/broken.zip", progress=False)
     assert_clean(root)
 

@@ -47,8 +47,7 @@ def test_non_numeric_timestamp(tmp_path, cache):
     with pytest.raises(DataError) as e:
         load_dataset(path)
     assert str(e.value) == (
-        f"{path}, line 4, field 'timestamp': "
-        "expected an integer (unix time) or an ISO 8601 date-time, got 'abc'"
+        f"{path}, line 4, field 'timestamp': expected an integer (unix time) or an ISO 8601 date-time, got 'abc'"
     )
     assert e.value.line == 4 and e.value.field == "timestamp" and Path(e.value.path).name == "ratings.csv"
     assert_nothing_cached(cache)
@@ -103,18 +102,14 @@ def test_item_table_with_ids_absent_from_interactions(tmp_path):
     with pytest.raises(DataError) as e:
         load_interactions(inter, items_path=items)
     msg = str(e.value)
-    assert msg.startswith(
-        f"{items}, field 'item': 2 item id(s) never occur in the interactions of ratings.csv"
-    )
+    assert msg.startswith(f"{items}, field 'item': 2 item id(s) never occur in the interactions of ratings.csv")
     assert "'zz', 'yy'" in msg
 
 
 def test_item_table_duplicate_id(tmp_path):
     inter = write(tmp_path, "ratings.csv", "user,item\n1,a\n")
     items = write(tmp_path, "items.csv", "item,title\na,A\na,B\n")
-    with pytest.raises(
-        DataError, match=r"items\.csv, line 3, field 'item': item id 'a' is listed more than once"
-    ):
+    with pytest.raises(DataError, match=r"items\.csv, line 3, field 'item': item id 'a' is listed more than once"):
         load_interactions(inter, items_path=items)
 
 
@@ -153,9 +148,7 @@ def test_unknown_extension(tmp_path):
 
 def test_wrong_field_count(tmp_path):
     path = write(tmp_path, "ratings.csv", "user,item\n1,2\n1,2,3\n")
-    with pytest.raises(
-        DataError, match=r"ratings\.csv, line 3: expected 2 fields \(as in the header\), found 3"
-    ):
+    with pytest.raises(DataError, match=r"ratings\.csv, line 3: expected 2 fields \(as in the header\), found 3"):
         load_interactions(path)
 
 
@@ -167,9 +160,7 @@ def test_empty_id(tmp_path):
 
 def test_bad_rating(tmp_path):
     path = write(tmp_path, "ratings.csv", "user,item,rating\n1,2,4.5\n1,3,five\n")
-    with pytest.raises(
-        DataError, match=r"ratings\.csv, line 3, field 'rating': expected a number, got 'five'"
-    ):
+    with pytest.raises(DataError, match=r"ratings\.csv, line 3, field 'rating': expected a number, got 'five'"):
         load_interactions(path)
 
 
@@ -241,7 +232,5 @@ def test_prepare_error_names_source_without_cache():
     from padrec.data.dataset import from_sequences
 
     ds = from_sequences("toy", ["u"], [["a"]], meta={"source_files": {"sequences": "toy.txt"}})
-    with pytest.raises(
-        DataError, match=r"^toy\.txt: no interactions left after preprocessing with min_user_len=2"
-    ):
+    with pytest.raises(DataError, match=r"^toy\.txt: no interactions left after preprocessing with min_user_len=2"):
         prepare(ds, PrepOptions(min_user_len=2))

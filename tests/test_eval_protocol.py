@@ -84,9 +84,7 @@ def test_protocol_names_and_validation():
     assert Protocol().name("loo") == "full-loo"
     assert Protocol().name("time") == "full-time"
     assert Protocol(kind="sampled").name("loo") == "sampled100-uniform-loo"
-    assert Protocol(kind="sampled", n_negatives=50, sampler="popularity").name("time") == (
-        "sampled50-popularity-time"
-    )
+    assert Protocol(kind="sampled", n_negatives=50, sampler="popularity").name("time") == ("sampled50-popularity-time")
     assert Protocol(ks=(20, 5, 10, 5)).ks == (5, 10, 20)
     for bad in ({"kind": "partial"}, {"sampler": "zipf"}, {"n_negatives": 0}, {"ks": ()}, {"typo": 1}):
         with pytest.raises(pydantic.ValidationError):
@@ -200,9 +198,7 @@ def test_sampled_protocol_uses_stored_negatives(split, tmp_path):
     res = ev.run(Oracle(split))
     assert res.protocol == "sampled10-uniform-loo" and res.overall["HR@5"] == 1.0
     assert Evaluator(split, proto, cache_root=tmp_path).run(Constant()).overall["HR@10"] == 0.0
-    assert np.array_equal(
-        ev.negatives("test"), load_or_draw_negatives(split, "test", 10, "uniform", 0, tmp_path)
-    )
+    assert np.array_equal(ev.negatives("test"), load_or_draw_negatives(split, "test", 10, "uniform", 0, tmp_path))
 
 
 # -- results ---------------------------------------------------------------------------------

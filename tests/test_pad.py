@@ -16,9 +16,11 @@ FAST = {
     "backbone.d": 16,
     "backbone.max_len": 10,
     "backbone.n_layers": 1,
-    "backbone.max_epochs": 2,
+    "backbone.max_epochs": 15,
+    "backbone.lr": 0.01,
     "backbone.progress": False,
-    "max_epochs": 2,
+    "max_epochs": 15,
+    "lr": 0.01,
     "progress": False,
     "batch_size": 32,
 }
@@ -96,3 +98,29 @@ def test_table_has_backbone_aligned_and_pad(pad_run):
     table = comparison_table(pad_run.results)
     assert "sasrec NDCG@10" in table and "pad-sasrec NDCG@10" in table and "aligned HR@10" in table
     assert "cold" in table and "bin1" in table
+
+
+def test_new_item_with_text_gets_a_finite_score_and_can_enter_the_top_k(pad_run, toy, tmp_path):
+    split, text = toy
+    rec = Recommender.load(pad_run.run_dir / "pad")
+    n_before = rec.n_items
+    hist_int = split.histories("test")[0]
+    hist = split.dataset.to_external(hist_int)
+    # two brand-new items: one with the text of the user's own cluster, one with another cluster's text
+    other = next(
+        i
+        for i in range(1, split.n_items + 1)
+        if int(split.dataset.item_ids[i][1:]) % 6 != int(split.dataset.item_ids[hist_int[-1]][1:]) % 6
+    )
+    vec = np.stack([text[hist_int[-1]], text[other]])
+    assert rec.add_item_vectors(["new-match", "new-other"], vec, ["A new thing", "Another"]) == 2
+    assert rec.n_items == n_before + 2
+    scores = rec.score([hist_int])
+    assert scores.shape == (1, n_before + 3) and torch.isfinite(scores[0, -2:]).all()
+    assert scores[0, -2] > scores[0, -1]  # text, not the id, decides where a new item lands
+    best = rec.recommend([hist], k=10)[0]
+    assert "new-match" in [r["item_id"] for r in best], best
+    # it survives save/load
+    rec.save(tmp_path / "grown")
+    again = Recommender.load(tmp_path / "grown")
+    assert torch.allclose(again.score([hist_int]), scores)

@@ -158,8 +158,7 @@ def _fetch(src: Download, dest: Path, progress: bool) -> None:
     if src.sha256 is not None and digest != src.sha256.lower():
         raise DataError(
             src.url,
-            f"checksum mismatch: expected sha256 {src.sha256.lower()}, got {digest}; "
-            "the download was deleted",
+            f"checksum mismatch: expected sha256 {src.sha256.lower()}, got {digest}; the download was deleted",
         )
 
 
@@ -180,9 +179,7 @@ def _extract(archive: Path, dest: Path, url: str) -> None:
             members = [m for m in zf.infolist() if not m.filename.startswith("__MACOSX/")]
             named = [m for m in members if m.filename.strip("/")]
             tops = {PurePosixPath(m.filename).parts[0] for m in named}
-            strip = len(tops) == 1 and all(
-                len(PurePosixPath(m.filename).parts) > 1 or m.is_dir() for m in named
-            )
+            strip = len(tops) == 1 and all(len(PurePosixPath(m.filename).parts) > 1 or m.is_dir() for m in named)
             for m in members:
                 parts = PurePosixPath(m.filename).parts[1 if strip else 0 :]
                 if not parts:

@@ -39,9 +39,7 @@ class Evaluator:
     Negatives (sampled protocol) are loaded or drawn once per stage and reused for every model.
     """
 
-    def __init__(
-        self, split: Split, protocol: Protocol | None = None, cache_root: str | Path | None = None
-    ) -> None:
+    def __init__(self, split: Split, protocol: Protocol | None = None, cache_root: str | Path | None = None) -> None:
         self.split = split
         self.protocol = protocol if protocol is not None else Protocol()
         self.cache_root = cache_root
@@ -94,9 +92,7 @@ class Evaluator:
         """Evaluate ``model`` on every user of ``stage``; ``groups=False`` skips the group breakdown."""
         ranks = self.ranks(model, stage)
         if len(ranks) == 0:
-            raise ValueError(
-                f"no users with a {stage} target in split {self.split.kind!r}: nothing to evaluate"
-            )
+            raise ValueError(f"no users with a {stage} target in split {self.split.kind!r}: nothing to evaluate")
         ks = self.protocol.ks
         return Results(
             protocol=self.protocol_name,

@@ -42,9 +42,9 @@ def rec_loss(
     pos = (hidden * items[targets]).sum(-1)
     if kind == "bce":
         neg = torch.einsum("nd,nkd->nk", hidden, items[negs])
-        return F.binary_cross_entropy_with_logits(
-            pos, torch.ones_like(pos)
-        ) + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)) * negs.size(1)
+        return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + F.binary_cross_entropy_with_logits(
+            neg, torch.zeros_like(neg)
+        ) * negs.size(1)
     if kind == "sampled_softmax":
         neg = hidden @ items[negs].T
         neg = neg.masked_fill(negs[None, :] == targets[:, None], torch.finfo(neg.dtype).min)

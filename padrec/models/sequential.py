@@ -118,9 +118,7 @@ class SequentialRecommender(Recommender):
     def max_len(self) -> int:
         return self.params.max_len
 
-    def fit(
-        self, split: Split, run_dir: str | Path | None = None, resume: bool = False
-    ) -> SequentialRecommender:
+    def fit(self, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> SequentialRecommender:
         from padrec.train.trainer import train
 
         self._remember_items(split)

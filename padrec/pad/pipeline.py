@@ -124,9 +124,7 @@ def run_pad(
         out.skipped.append("align")
     elif "aligned" in params.get("experts", ("aligned",)):
         out.aligned = PADAligned(params=params, train=stage_train, backbone=backbone)
-        out.aligned.fit(
-            split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists()
-        )
+        out.aligned.fit(split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists())
 
     # Stage 3: disentangle
     pd_dir = run_dir / "pad"

@@ -60,9 +60,7 @@ class _PADStage(Recommender):
         t = TrainConfig(**(train or {}))
         bcls = get_model_class(backbone)
         if not issubclass(bcls, SequentialRecommender):
-            raise ValueError(
-                f"PAD needs a sequential backbone (sasrec, gru4rec, bert4rec, caser), got {backbone!r}"
-            )
+            raise ValueError(f"PAD needs a sequential backbone (sasrec, gru4rec, bert4rec, caser), got {backbone!r}")
         bp = bcls.config_cls(**(backbone_params or {}))
         super().__init__(
             params=p.model_dump(),
@@ -92,9 +90,7 @@ class _PADStage(Recommender):
         self.config["backbone_params"] = backbone.params.model_dump()
         self.config["text_dim"] = int(text.shape[1])
         if text.shape[0] != self.n_items + 1:
-            raise ValueError(
-                f"text table has {text.shape[0]} rows, expected n_items + 1 = {self.n_items + 1}"
-            )
+            raise ValueError(f"text table has {text.shape[0]} rows, expected n_items + 1 = {self.n_items + 1}")
         if not np.isfinite(text).all():
             raise ValueError("text table has NaN or inf values")
 
@@ -240,6 +236,56 @@ class PAD(_PADStage):
         logits = net.fused_scores(hidden, tables)
         logits[:, 0] = torch.finfo(logits.dtype).min
         return F.cross_entropy(logits, tgt[keep]), int(keep.sum())
+
+    can_add_items = True
+
+    @torch.no_grad()
+    def add_item_vectors(self, ids: Sequence[str], vectors: np.ndarray, titles: Sequence[str] | None = None) -> int:
+        """Add (or update) items from their text vectors alone; returns how many were new.
+
+        New items have no id embedding (zero), so their collaborative score is 0 and they sit in the
+        coldest popularity bin, where the gates favour the text and aligned experts. No retraining.
+        """
+        if self.net.bidirectional:
+            raise NotImplementedError("adding items to a BERT4Rec-based PAD model is not supported yet")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(ids), self.config["text_dim"]):
+            raise ValueError(
+                f"expected text vectors of shape ({len(ids)}, {self.config['text_dim']}), got {vectors.shape}"
+            )
+        if not np.isfinite(vectors).all():
+            raise ValueError("text vectors contain NaN or inf")
+        titles = list(titles) if titles is not None else [""] * len(ids)
+        index = {str(e): i for i, e in enumerate(self.item_ids) if i}
+        new = [k for k, e in enumerate(ids) if str(e) not in index]
+        for k, e in enumerate(ids):  # updates: replace the text of known items
+            if str(e) in index:
+                self._set_text(index[str(e)], torch.from_numpy(vectors[k]))
+                if self.titles is not None and titles[k]:
+                    self.titles[index[str(e)]] = titles[k]
+        if not new:
+            return 0
+        add = torch.from_numpy(vectors[new])
+        for expert in self.net.experts.values():
+            if hasattr(expert, "items"):
+                emb = expert.items.emb
+                grown = torch.cat([emb.weight.data, emb.weight.new_zeros(len(new), emb.weight.size(1))])
+                emb.weight = nn.Parameter(grown, requires_grad=emb.weight.requires_grad)
+                emb.num_embeddings = grown.size(0)
+            if hasattr(expert, "text"):
+                expert.text = torch.cat([expert.text, add.to(expert.text.dtype)])
+            expert.n_items += len(new)
+        coldest = torch.full((len(new),), self.params.n_bins - 1, dtype=torch.long)
+        self.net.item_bins = torch.cat([self.net.item_bins, coldest])
+        self.net.n_items += len(new)
+        self.item_ids = np.asarray([*self.item_ids, *(str(ids[k]) for k in new)], dtype=object)
+        self.titles = [*(self.titles or [""] * (len(self.item_ids) - len(new))), *(titles[k] for k in new)]
+        return len(new)
+
+    def _set_text(self, row: int, vec: torch.Tensor) -> None:
+        for expert in self.net.experts.values():
+            if hasattr(expert, "text"):
+                expert.text[row] = vec.to(expert.text.dtype)
 
     @torch.inference_mode()
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:

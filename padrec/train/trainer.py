@@ -65,9 +65,7 @@ class NextItemBatches:
 class MaskedItemBatches:
     """BERT4Rec's cloze task: mask random positions (at least one per user) and predict them."""
 
-    def __init__(
-        self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int
-    ) -> None:
+    def __init__(self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int) -> None:
         self.seqs, self.max_len, self.mask_id, self.p = seqs, max_len, mask_id, mask_prob
         self.rng = np.random.default_rng(seed)
 

@@ -219,9 +219,7 @@ def int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
     if not bad.any():
         bad = num.isna().to_numpy()
     label = s.index[np.argmax(bad)]
-    raise fail(
-        path, df, label, col, f"expected an integer (unix time) or an ISO 8601 date-time, got {text[label]!r}"
-    )
+    raise fail(path, df, label, col, f"expected an integer (unix time) or an ISO 8601 date-time, got {text[label]!r}")
 
 
 def float_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:

@@ -103,9 +103,7 @@ def load_mind_files(files: dict[str, Path], name: str = "mind") -> SeqDataset:
     silent = len(seen) - len(set(users))  # users with neither history nor clicks: nothing to learn from
     news = pd.concat(news_parts)
     news = news[~news.index.duplicated(keep="first")]
-    cats = (
-        news["category"].str.cat(news["subcategory"], sep=", ") if "subcategory" in news else news["category"]
-    )
+    cats = news["category"].str.cat(news["subcategory"], sep=", ") if "subcategory" in news else news["category"]
     table = pd.DataFrame(
         {
             "title": news["title"],

@@ -93,9 +93,7 @@ def _ratings_table(path: Path, sep: str, raw_sep_name: str) -> pd.DataFrame:
     return df
 
 
-def _interactions(
-    name: str, path: Path, sep: str, sep_name: str, table: pd.DataFrame | None, meta: dict
-) -> SeqDataset:
+def _interactions(name: str, path: Path, sep: str, sep_name: str, table: pd.DataFrame | None, meta: dict) -> SeqDataset:
     df = _by_numeric_user(_ratings_table(path, sep, sep_name))
     users = id_column(df, "user", path)
     items = id_column(df, "item", path)
@@ -193,6 +191,4 @@ def load_movielens(folder: str | Path, name: str | None = None) -> SeqDataset:
         return load_ml1m_files(files, name or "ml-1m")
     if files := find_ml100k(folder):
         return load_ml100k_files(files, name or "ml-100k")
-    raise DataError(
-        folder, f"no MovieLens files here: expected {ML1M_EXPECTED} (ml-1m) or {ML100K_EXPECTED} (ml-100k)"
-    )
+    raise DataError(folder, f"no MovieLens files here: expected {ML1M_EXPECTED} (ml-1m) or {ML100K_EXPECTED} (ml-100k)")
