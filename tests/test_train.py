@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 
 from padrec.data.registry import load_dataset
@@ -13,8 +12,9 @@ from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.models import get_model_class
 from padrec.models.simple import Pop
+from padrec.train.trainer import read_metrics
 
-from .conftest import needs_data
+from conftest import needs_data
 
 FAST = {"d": 32, "max_len": 50, "n_layers": 1}
 
@@ -43,7 +43,7 @@ def test_resume_continues_from_the_saved_epoch(ml100k_split, tmp_path):
     _sasrec(max_epochs=2, patience=10).fit(ml100k_split, run_dir=tmp_path)
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
     _sasrec(max_epochs=4, patience=10).fit(ml100k_split, run_dir=tmp_path, resume=True)
-    log = pd.read_csv(tmp_path / "logs" / "metrics.csv").dropna(subset=["val_ndcg10"])
+    log = read_metrics(tmp_path).dropna(subset=["val_ndcg10"])
     assert log["epoch"].tolist() == [0, 1, 2, 3]  # epochs 0-1 were not trained again
     assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 4
 

@@ -152,11 +152,13 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max", save_last=True)
     stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience)
-    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version="")]
+    # one log folder per (re)start: a resumed run must never overwrite the earlier epochs' logs
+    version = f"run{len(list((run_dir / 'logs').glob('run*')))}"
+    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=version)]
     try:
         import tensorboard  # noqa: F401
 
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="logs", version=""))
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="logs", version=version))
     except ImportError:
         pass
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -201,13 +203,17 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     return run_dir
 
 
-def _best_epoch(run_dir: Path) -> int | None:
-    path = run_dir / "logs" / "metrics.csv"
-    if not path.exists():
-        return None
+def read_metrics(run_dir: str | Path) -> Any:
+    """All logged metrics of a run, every (re)start concatenated in order, as a DataFrame."""
     import pandas as pd
 
-    df = pd.read_csv(path)
+    paths = sorted(Path(run_dir).glob("logs/run*/metrics.csv"), key=lambda p: int(p.parent.name[3:]))
+    frames = [pd.read_csv(p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _best_epoch(run_dir: Path) -> int | None:
+    df = read_metrics(run_dir)
     if VAL_METRIC not in df:
         return None
     df = df.dropna(subset=[VAL_METRIC])
