@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import needs_data
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
@@ -13,8 +14,6 @@ from padrec.eval.protocol import Protocol
 from padrec.models import get_model_class
 from padrec.models.simple import Pop
 from padrec.train.trainer import read_metrics
-
-from conftest import needs_data
 
 FAST = {"d": 32, "max_len": 50, "n_layers": 1}
 
