@@ -32,6 +32,7 @@ class TrainConfig(Strict):
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    precision: str = "32-true"  # "bf16-mixed" on recent GPUs (and CPUs with AVX512-BF16)
     limit_train_batches: float = 1.0
     progress: bool = True
 

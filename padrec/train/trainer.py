@@ -175,6 +175,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         enable_progress_bar=cfg.progress,
         enable_model_summary=False,
         limit_train_batches=cfg.limit_train_batches,
+        precision=cfg.precision,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         deterministic=False,
