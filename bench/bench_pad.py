@@ -1,0 +1,163 @@
+"""PAD vs its backbone: accuracy per popularity bin over seeds, and serving cost, in one script.
+
+    python bench/bench_pad.py --dataset amazon-beauty --backbone sasrec --seeds 0 1 2 [key=value ...]
+
+For each seed a PAD run directory ``bench/.work/pad/<dataset>/<backbone>-seed<k>`` is created (finished
+stages are reused, so an interrupted benchmark continues). The backbone of seed 0 can be an existing
+run (``--pretrained DIR``) to avoid training it twice. Records (MISSION.md §5): models ``<backbone>``,
+``pad-<backbone>`` (+ ``-<variant>`` for ablations), protocol ``full-loo``, metrics HR@10/NDCG@10 as
+mean over seeds (``_std`` alongside), groups ``bin1``..``bin10``, ``cold``, ``warm``. Serving cost: time
+to score all items for a batch of users, PAD vs backbone, same run, alternating order, median of 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from padrec.data.registry import load_dataset
+from padrec.data.split import leave_one_out
+from padrec.eval.report import git_commit, write_bench
+from padrec.pad.pipeline import comparison_table, run_pad
+from padrec.train.config import parse_overrides
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / ".work" / "pad"
+GROUPS = [*(f"bin{i}" for i in range(1, 11)), "unseen", "cold", "warm"]
+
+
+def _mean_record(name: str, results: list, dataset: str, seeds: list[int], note: str) -> dict:
+    def agg(dicts: list[dict]) -> dict:
+        out = {}
+        for m in ("HR@10", "NDCG@10"):
+            vals = [d[m] for d in dicts if m in d]
+            if vals:
+                out[m] = float(np.mean(vals))
+                out[f"{m}_std"] = float(np.std(vals))
+        return out
+
+    groups = {g: agg([r.groups[g] for r in results if g in r.groups]) for g in GROUPS}
+    return {
+        "task": "accuracy",
+        "dataset": dataset,
+        "model": name,
+        "protocol": results[0].protocol,
+        "metrics": agg([r.overall for r in results]),
+        "groups": {g: v for g, v in groups.items() if v},
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "seeds": seeds,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "note": note,
+    }
+
+
+def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 5) -> dict:
+    hist = split.histories("test")[:batch]
+    times = {"backbone": [], "pad": []}
+    for _ in range(repeats):
+        for name, model in (("backbone", backbone), ("pad", pad)):
+            t = time.perf_counter()
+            model.score(hist)
+            times[name].append(time.perf_counter() - t)
+    b, p = statistics.median(times["backbone"]), statistics.median(times["pad"])
+    return {"backbone_ms": 1000 * b, "pad_ms": 1000 * p, "ratio": p / b, "batch": batch}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="amazon-beauty")
+    ap.add_argument("--backbone", default="sasrec")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--variant", default="", help="ablation label, e.g. 'nolam' -> model pad-sasrec-nolam")
+    ap.add_argument("--pretrained", type=Path, help="an existing backbone run dir to reuse for every seed")
+    ap.add_argument("--note", default="")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    split = leave_one_out(load_dataset(args.dataset))
+    overrides = parse_overrides(args.overrides)
+    base_res, pad_res, runs = [], [], []
+    for seed in args.seeds:
+        run_dir = WORK / args.dataset / f"{args.backbone}{'-' + args.variant if args.variant else ''}-seed{seed}"
+        if args.pretrained and not (run_dir / "pretrain").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(args.pretrained, run_dir / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
+        seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **overrides}
+        out = run_pad(split, run_dir, backbone=args.backbone, overrides=seeded)
+        print(comparison_table(out.results), flush=True)
+        base_res.append(out.results[args.backbone])
+        pad_res.append(out.results[f"pad-{args.backbone}"])
+        runs.append(out)
+    cost = serving_cost(runs[0].backbone, runs[0].pad, split)
+    epochs = {k: json.loads((runs[0].run_dir / k / "train.json").read_text()).get("epochs") for k in ("align", "pad")}
+    note = (
+        f"{args.note}; full ranking, history masked; early stopping on valid NDCG@10; "
+        f"stage epochs (seed {args.seeds[0]}): {epochs}; overrides {overrides}; serving {cost}"
+    ).strip("; ")
+    pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
+    new = [_mean_record(pad_name, pad_res, args.dataset, args.seeds, note)]
+    if not args.variant:
+        new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
+        new.append(
+            {
+                **{k: new[0][k] for k in ("dataset", "device", "commit", "date", "seeds")},
+                "task": "speed",
+                "model": pad_name,
+                "protocol": "n/a",
+                "metrics": {
+                    "score_ms_backbone": cost["backbone_ms"],
+                    "score_ms_pad": cost["pad_ms"],
+                    "serving_cost_ratio": cost["ratio"],
+                },
+                "note": f"time to score all items for {cost['batch']} users, median of 5, same process",
+            }
+        )
+    path = ROOT / "results" / "pad.json"
+    old = json.loads(path.read_text())["records"] if path.exists() else []
+    keys = {(r["task"], r["dataset"], r["model"]) for r in new}
+    records = [r for r in old if (r["task"], r["dataset"], r["model"]) not in keys] + new
+    write_bench("pad", records, _markdown(records))
+
+
+def _markdown(records: list[dict]) -> str:
+    lines = [
+        "| dataset | model | seeds | HR@10 | NDCG@10 | cold NDCG@10 | "
+        + " | ".join(f"bin{i}" for i in range(1, 11))
+        + " |",
+        "|---" * 16 + "|",
+    ]
+    for r in records:
+        if r["task"] != "accuracy":
+            continue
+        m, g = r["metrics"], r.get("groups", {})
+
+        def cell(d: dict) -> str:
+            return f"{d['NDCG@10']:.4f}" if "NDCG@10" in d else "–"
+
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {len(r['seeds'])} | {m['HR@10']:.4f} ± {m['HR@10_std']:.4f} | "
+            f"{m['NDCG@10']:.4f} ± {m['NDCG@10_std']:.4f} | {cell(g.get('cold', {}))} | "
+            + " | ".join(cell(g.get(f"bin{i}", {})) for i in range(1, 11))
+            + " |"
+        )
+    lines.append("\nPer-bin cells are NDCG@10 (bin1 = most popular). Serving cost:")
+    for r in records:
+        if r["task"] == "speed":
+            m = r["metrics"]
+            lines.append(
+                f"- {r['dataset']} {r['model']}: {m['score_ms_pad']:.1f} ms vs backbone "
+                f"{m['score_ms_backbone']:.1f} ms = {m['serving_cost_ratio']:.2f}x ({r['note']})"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
