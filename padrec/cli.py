@@ -216,12 +216,23 @@ def recommend(
     history: Annotated[str, typer.Option(help="Comma-separated external item ids, oldest first.")],
     k: Annotated[int, typer.Option("-k", "--k", help="How many items.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Allow items already in the history.")] = False,
+    add_item: Annotated[
+        list[str] | None,
+        typer.Option(help="PAD runs: score a new item 'ID=text' too (repeatable); not saved to the run."),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Top-k items for one history (external ids in, external ids and titles out)."""
     from padrec.models import Recommender
 
     rec = _run(lambda: Recommender.load(run))
+    if add_item:
+        if not getattr(rec, "can_add_items", False):
+            _fail(f"model {rec.name!r} cannot score items it was not trained on (PAD runs can)")
+        pairs = [a.partition("=") for a in add_item]
+        if any(not sep or not i.strip() for i, sep, _ in pairs):
+            _fail("--add-item expects ID=text")
+        _run(lambda: rec.add_items([{"id": i.strip(), "text": t, "title": t} for i, _, t in pairs]))
     items = [h.strip() for h in history.split(",") if h.strip()]
     if not items:
         _fail("--history is empty: give at least one item id")
@@ -231,6 +242,46 @@ def recommend(
         return
     for rank, r in enumerate(recs, 1):
         typer.echo(f"{rank:3d}  {r['item_id']:>12s}  {r['score']:9.4f}  {r['title']}")
+
+
+@app.command()
+def embed(
+    dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
+    encoder: Annotated[str, typer.Option(help="minilm, or a sentence-transformers / Hugging Face model path.")] = (
+        "minilm"
+    ),
+    template: Annotated[str | None, typer.Option(help="Format string over item columns, e.g. '{title}; {genres}'.")] = (
+        None
+    ),
+    pooling: Annotated[str, typer.Option(help="mean or last (Hugging Face models).")] = "mean",
+    batch_size: int = 64,
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+) -> None:
+    """Embed every item's text once (cached; a changed encoder, template or text recomputes)."""
+    from padrec.data.registry import load_dataset
+    from padrec.text import embed_items
+
+    ds = _run(lambda: load_dataset(dataset, data_dir))
+    emb = _run(lambda: embed_items(ds, encoder, template, pooling=pooling, batch_size=batch_size))  # type: ignore[arg-type]
+    info = {
+        "dataset": ds.name,
+        "rows": int(emb.vectors.shape[0]),
+        "dim": int(emb.vectors.shape[1]),
+        "seconds": round(emb.seconds, 3),
+        "from_cache": emb.from_cache,
+        "path": str(emb.path),
+        "fallback_texts": emb.manifest.get("fallback_texts"),
+        "encoder": emb.manifest.get("encoder"),
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        typer.echo(
+            f"{info['rows']:,} rows (incl. padding) x {info['dim']} dims in {info['seconds']:.2f} s "
+            f"({'cache' if emb.from_cache else info['encoder']}); {info['fallback_texts']} items used the "
+            f"fallback text\n{info['path']}"
+        )
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

@@ -123,7 +123,7 @@ def run_pad(
         out.aligned = Recommender.load(al)
         out.skipped.append("align")
     elif "aligned" in params.get("experts", ("aligned",)):
-        out.aligned = PADAligned(params=params, train=stage_train, backbone=backbone)
+        out.aligned = PADAligned(params=params, train=stage_train, backbone=backbone, encoder=encoder)
         out.aligned.fit(split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists())
 
     # Stage 3: disentangle
@@ -132,7 +132,7 @@ def run_pad(
         out.pad = Recommender.load(pd_dir)
         out.skipped.append("pad")
     else:
-        out.pad = PAD(params=params, train=stage_train, backbone=backbone)
+        out.pad = PAD(params=params, train=stage_train, backbone=backbone, encoder=encoder)
         out.pad.fit(
             split,
             out.backbone,

@@ -55,6 +55,7 @@ class _PADStage(Recommender):
         backbone: str = "sasrec",
         backbone_params: dict[str, Any] | None = None,
         text_dim: int = 0,
+        encoder: str = "minilm",
     ) -> None:
         p = PADConfig(**(params or {}))
         t = TrainConfig(**(train or {}))
@@ -68,6 +69,7 @@ class _PADStage(Recommender):
             backbone=backbone,
             backbone_params=bp.model_dump(),
             text_dim=text_dim,
+            encoder=encoder,
         )
         self.params, self.train_cfg, self.backbone_params = p, t, bp
         self.net: Any = None
@@ -281,6 +283,20 @@ class PAD(_PADStage):
         self.item_ids = np.asarray([*self.item_ids, *(str(ids[k]) for k in new)], dtype=object)
         self.titles = [*(self.titles or [""] * (len(self.item_ids) - len(new))), *(titles[k] for k in new)]
         return len(new)
+
+    def add_items(self, items: Sequence[dict[str, Any]]) -> int:
+        """Add or update items from ``{"id", "text", "title"?}`` dicts, embedding ``text`` with the run's encoder."""
+        from padrec.text import embed_texts
+
+        if not items:
+            return 0
+        missing = [i for i, it in enumerate(items) if not str(it.get("id", "")).strip()]
+        if missing:
+            raise ValueError(f"items at positions {missing} have no 'id'")
+        texts = [str(it.get("text") or it.get("title") or f"item {it['id']}") for it in items]
+        vectors = embed_texts(texts, self.config.get("encoder", "minilm"))
+        titles = [str(it.get("title") or it.get("text") or "") for it in items]
+        return self.add_item_vectors([str(it["id"]) for it in items], vectors, titles)
 
     def _set_text(self, row: int, vec: torch.Tensor) -> None:
         for expert in self.net.experts.values():
