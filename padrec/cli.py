@@ -319,6 +319,21 @@ def pad(
         typer.echo(comparison_table(out.results))
 
 
+def _register_extras() -> None:
+    """Commands whose code lives with its package (typer only is imported here)."""
+    from padrec.serve.cli import register as register_serve
+
+    register_serve(app)
+    try:
+        from padrec.palr.cli import register as register_palr
+    except ImportError:  # pragma: no cover
+        return
+    register_palr(app)
+
+
+_register_extras()
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 
