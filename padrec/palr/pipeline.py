@@ -1,0 +1,292 @@
+"""PALR end to end in one run directory, each finished stage reused:
+
+``data/`` (instruction data, done when ``meta.json`` exists) → ``finetune/`` (done when
+``finetune.json`` exists; an interrupted run resumes from ``checkpoints/last.ckpt``) → ``eval/``
+(one JSON per evaluated label and stage). ``profiles.jsonl`` caches user profiles across stages.
+A stage is only reused when the options it was made with match the current ones; otherwise the run
+stops with an error rather than mixing data from different settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from padrec.data.split import Split, Stage
+from padrec.eval.evaluator import Evaluator, model_label
+from padrec.eval.protocol import Protocol
+from padrec.eval.results import Results
+from padrec.palr.config import PALRConfig
+from padrec.palr.instructions import META_FILE, build_instruction_data, example_windows, read_examples
+from padrec.palr.instructions import sample_training_users as _training_users
+from padrec.palr.profile import ProfileStore
+from padrec.palr.prompts import PROMPT_VERSION, ItemCatalog
+from padrec.palr.rank import PALRRanker
+from padrec.palr.retrieval import candidate_recall, load_retriever, sample_users
+from padrec.train.config import ConfigError
+from padrec.utils import atomic_write_text
+
+DATA_FIELDS = (
+    "item_format",
+    "max_history",
+    "n_recommend",
+    "profile",
+    "profile_keywords",
+    "profile_items_per_keyword",
+    "tasks",
+    "user_fraction",
+    "min_input",
+    "label_len",
+    "fill_hops",
+    "cooc_window",
+    "cooc_top",
+    "swap_prob",
+    "train_candidates",
+    "seed",
+)
+FINETUNE_FIELDS = (
+    "lm",
+    "method",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "grad_accum",
+    "max_epochs",
+    "max_steps",
+    "max_seq_len",
+)
+
+
+def _subset(cfg: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: cfg.get(k) for k in keys}
+
+
+def _check_same(stage: str, path: Path, saved: dict[str, Any], cfg: PALRConfig, keys: tuple[str, ...]) -> None:
+    now = _subset(cfg.model_dump(mode="json"), keys)
+    was = _subset(saved, keys)
+    diff = {k: (was[k], now[k]) for k in keys if json.dumps(was[k]) != json.dumps(now[k])}
+    if diff:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(f"{path} was made with other {stage} options ({changes}); use a new run directory")
+
+
+def profile_store(run_dir: Path | None, catalog: ItemCatalog) -> ProfileStore:
+    return ProfileStore(None if run_dir is None else Path(run_dir) / "profiles.jsonl", catalog)
+
+
+def palr_label(cfg: PALRConfig, finetuned: bool) -> str:
+    """``palr-zeroshot`` / ``palr-v1`` (Recommend only) / ``palr-v2`` (both tasks), + ``-generation``, + ``-upper``."""
+    base = "palr-zeroshot" if not finetuned else ("palr-v2" if "recommend_retrieval" in cfg.tasks else "palr-v1")
+    if cfg.mode == "generation":
+        base += "-generation"
+    return base + ("-upper" if cfg.upper_bound else "")
+
+
+# -- stage 1: instruction data ------------------------------------------------------------------
+def build_data(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = None) -> tuple[dict, bool]:
+    """Instruction data in ``run_dir/data`` (reused when done with the same options); returns (meta, reused)."""
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
+    meta_path = data_dir / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("prompt_version") != PROMPT_VERSION:
+            raise ConfigError(f"{data_dir} uses prompts {meta.get('prompt_version')}, not {PROMPT_VERSION}")
+        _check_same("instruction-data", data_dir, meta["config"], cfg, DATA_FIELDS)
+        return meta, True
+    catalog = ItemCatalog.from_dataset(split.dataset, cfg.item_format)
+    store = profile_store(run_dir, catalog)
+    if cfg.profile == "lm":
+        from padrec.palr.lm import generate, load_causal_lm
+
+        lm = lm or load_causal_lm(cfg.lm)
+        windows = example_windows(split, cfg, _training_users(split, cfg))
+        store.ensure(
+            [u for u, _, _ in windows],
+            [inp for _, inp, _ in windows],
+            generate=lambda ps: generate(lm, ps, cfg.profile_max_new_tokens, cfg.profile_batch_size),
+            lm_name=lm.spec,
+            k=cfg.profile_keywords,
+            items_per_keyword=cfg.profile_items_per_keyword,
+            batch_size=cfg.profile_batch_size,
+            progress=cfg.progress,
+        )
+    return build_instruction_data(split, catalog, cfg, data_dir, store), False
+
+
+# -- stage 2: fine-tuning ----------------------------------------------------------------------
+def run_finetune(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = None, resume: bool = True):
+    """Fine-tune on ``run_dir/data`` (built first when missing); returns (lm, summary, reused)."""
+    from padrec.palr.finetune import DONE_FILE, finetune, finetuned_path
+    from padrec.palr.lm import load_causal_lm
+
+    run_dir = Path(run_dir)
+    ft_dir = run_dir / "finetune"
+    done = finetuned_path(ft_dir)
+    if done is not None:
+        summary = json.loads((ft_dir / DONE_FILE).read_text())
+        _check_same("fine-tuning", ft_dir, summary["config"], cfg, FINETUNE_FIELDS)
+        return load_causal_lm(str(done)), summary, True
+    build_data(split, run_dir, cfg, lm)
+    examples = read_examples(run_dir / "data")
+    lm = lm or load_causal_lm(cfg.lm)
+    lm, summary = finetune(lm, examples, cfg, ft_dir, resume=resume)
+    return lm, summary, False
+
+
+# -- stage 3: evaluation -----------------------------------------------------------------------
+@dataclass
+class PALREvaluation:
+    results: Results
+    retriever: Results
+    recall: dict[str, float]
+    palr: dict[str, Any]
+    note: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def records(self, device: str = "cpu", seeds: list[int] | None = None) -> list[dict[str, Any]]:
+        """MISSION §5 records: the PALR row (with hallucination/fallback/speed) and the retriever's row."""
+        keep = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "users")
+        palr = self.results.record(device=device, seeds=seeds, note=self.note)
+        palr["metrics"] = {k: v for k, v in palr["metrics"].items() if k in keep}
+        palr["metrics"].update({k: self.palr[k] for k in ("hallucination_rate", "fallback_share", "users_per_second")})
+        retr = self.retriever.record(device=device, seeds=seeds, note=f"PALR's retriever, same users as: {self.note}")
+        retr["metrics"] = {k: v for k, v in retr["metrics"].items() if k in keep}
+        retr["metrics"].update({k: v for k, v in self.recall.items() if k.startswith("Recall@")})
+        return [palr, retr]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": self.results.to_dict(),
+            "palr": self.palr,
+            "retriever": self.retriever.to_dict(),
+            "retriever_recall": self.recall,
+            "note": self.note,
+            "examples": self.examples,
+        }
+
+    def table(self) -> str:
+        cols = ["HR@10", "NDCG@10"]
+        lines = [
+            f"PALR on {self.results.dataset} ({self.results.stage}), protocol {self.results.protocol}",
+            f"{'model':28s} " + " ".join(f"{c:>8s}" for c in cols),
+        ]
+        for r in (self.retriever, self.results):
+            lines.append(f"{r.model:28s} " + " ".join(f"{r.overall[c]:8.4f}" for c in cols))
+        p = self.palr
+        lines += [
+            f"retriever {', '.join(f'{k}={v:.4f}' for k, v in self.recall.items() if k.startswith('Recall@'))}",
+            f"hallucination_rate={p['hallucination_rate']:.4f} fallback_share={p['fallback_share']:.4f} "
+            f"users/s={p['users_per_second']:.3f}",
+            f"note: {self.note}",
+        ]
+        return "\n".join(lines)
+
+
+def evaluate_palr(
+    split: Split,
+    cfg: PALRConfig,
+    lm: Any = None,
+    label: str = "palr",
+    run_dir: str | Path | None = None,
+    retriever: Any = None,
+    stage: Stage | None = None,
+    progress: bool | None = None,
+) -> PALREvaluation:
+    """Full-ranking metrics of PALR on a seeded sample of ``cfg.max_users`` users, next to its retriever's."""
+    stage = stage or cfg.stage
+    progress = cfg.progress if progress is None else progress
+    sub = sample_users(split, cfg.max_users, cfg.users_seed, stage)
+    retriever = retriever if retriever is not None else load_retriever(cfg.retriever, split)
+    catalog = ItemCatalog.from_dataset(split.dataset, cfg.item_format)
+    ranker = PALRRanker(lm, retriever, cfg, catalog, profile_store(Path(run_dir) if run_dir else None, catalog), label)
+    ranker.fit(split)
+    if cfg.upper_bound:
+        ranker.forced = {int(u): int(t) for u, t in zip(sub.users(stage), sub.targets(stage), strict=True)}
+    from tqdm.auto import tqdm
+
+    n_users = len(sub.users(stage))
+    batch = max(cfg.gen_batch_size if cfg.mode == "generation" else 8, 1)
+    with tqdm(total=n_users, desc=label, disable=not progress, leave=False) as bar:
+        ranker.progress = bar
+        res = Evaluator(sub, Protocol(batch_size=batch)).run(ranker, stage)
+    ranker.progress = None
+    summary = ranker.summary()
+    retr_res = Evaluator(sub, Protocol()).run(retriever, stage)
+    recall = candidate_recall(retriever, sub, cfg.n_candidates, stage)
+    total = len(split.users(stage))
+    sampled = n_users < total
+    note = (
+        f"{n_users} of {total} {stage} users"
+        + (
+            f" (seeded uniform sample, users_seed={cfg.users_seed}; a CPU-sized sample, not the full benchmark)"
+            if sampled
+            else ""
+        )
+        + f"; candidates: {model_label(retriever)} top-{cfg.n_candidates}, history masked"
+        + f" (its Recall@{cfg.n_candidates}={recall[f'Recall@{cfg.n_candidates}']:.4f})"
+        + f"; ranking: {cfg.mode}"
+        + (f" ({cfg.length_norm} log-likelihood)" if cfg.mode == "likelihood" else "")
+        + f"; lm: {getattr(lm, 'spec', None) or 'none (retriever order)'}; profile: {cfg.profile}"
+        + f"; prompts {PROMPT_VERSION}"
+        + ("; UPPER BOUND: the target is forced into the candidates" if cfg.upper_bound else "")
+    )
+    out = PALREvaluation(res, retr_res, recall, summary, note, ranker.examples[:2])
+    if run_dir is not None:
+        atomic_write_text(
+            Path(run_dir) / "eval" / f"{label}-{stage}.json", json.dumps(out.to_dict(), indent=2, default=_json_default)
+        )
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer | np.floating):
+        return o.item()
+    return str(o)
+
+
+# -- everything ---------------------------------------------------------------------------------
+@dataclass
+class PALRRun:
+    run_dir: Path
+    evaluation: PALREvaluation
+    label: str
+    skipped: list[str] = field(default_factory=list)
+    data: dict | None = None
+    finetune: dict | None = None
+
+
+def run_palr(
+    split: Split, run_dir: str | Path, cfg: PALRConfig, zero_shot: bool = False, resume: bool = True
+) -> PALRRun:
+    """build-data → finetune → evaluate (zero-shot skips the first two), reusing finished stages."""
+    from padrec.palr.lm import load_causal_lm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2))
+    t0 = time.perf_counter()
+    skipped: list[str] = []
+    meta = ft = None
+    if zero_shot:
+        lm = load_causal_lm(cfg.lm)
+    else:
+        meta, reused = build_data(split, run_dir, cfg)
+        if reused:
+            skipped.append("data")
+        lm, ft, reused = run_finetune(split, run_dir, cfg, resume=resume)
+        if reused:
+            skipped.append("finetune")
+    label = palr_label(cfg, finetuned=not zero_shot)
+    ev = evaluate_palr(split, cfg, lm, label, run_dir)
+    ev.palr["pipeline_seconds"] = round(time.perf_counter() - t0, 3)
+    return PALRRun(run_dir, ev, label, skipped, meta, ft)
