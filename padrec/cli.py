@@ -244,46 +244,6 @@ def recommend(
         typer.echo(f"{rank:3d}  {r['item_id']:>12s}  {r['score']:9.4f}  {r['title']}")
 
 
-@app.command()
-def embed(
-    dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
-    encoder: Annotated[str, typer.Option(help="minilm, or a sentence-transformers / Hugging Face model path.")] = (
-        "minilm"
-    ),
-    template: Annotated[str | None, typer.Option(help="Format string over item columns, e.g. '{title}; {genres}'.")] = (
-        None
-    ),
-    pooling: Annotated[str, typer.Option(help="mean or last (Hugging Face models).")] = "mean",
-    batch_size: int = 64,
-    data_dir: DataDir = None,
-    as_json: AsJson = False,
-) -> None:
-    """Embed every item's text once (cached; a changed encoder, template or text recomputes)."""
-    from padrec.data.registry import load_dataset
-    from padrec.text import embed_items
-
-    ds = _run(lambda: load_dataset(dataset, data_dir))
-    emb = _run(lambda: embed_items(ds, encoder, template, pooling=pooling, batch_size=batch_size))  # type: ignore[arg-type]
-    info = {
-        "dataset": ds.name,
-        "rows": int(emb.vectors.shape[0]),
-        "dim": int(emb.vectors.shape[1]),
-        "seconds": round(emb.seconds, 3),
-        "from_cache": emb.from_cache,
-        "path": str(emb.path),
-        "fallback_texts": emb.manifest.get("fallback_texts"),
-        "encoder": emb.manifest.get("encoder"),
-    }
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-    else:
-        typer.echo(
-            f"{info['rows']:,} rows (incl. padding) x {info['dim']} dims in {info['seconds']:.2f} s "
-            f"({'cache' if emb.from_cache else info['encoder']}); {info['fallback_texts']} items used the "
-            f"fallback text\n{info['path']}"
-        )
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def pad(
     ctx: typer.Context,
@@ -322,8 +282,10 @@ def pad(
 def _register_extras() -> None:
     """Commands whose code lives with its package (typer only is imported here)."""
     from padrec.serve.cli import register as register_serve
+    from padrec.text.cli import register as register_text
 
     register_serve(app)
+    register_text(app)
     try:
         from padrec.palr.cli import register as register_palr
     except ImportError:  # pragma: no cover

