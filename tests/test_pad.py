@@ -124,3 +124,12 @@ def test_new_item_with_text_gets_a_finite_score_and_can_enter_the_top_k(pad_run,
     rec.save(tmp_path / "grown")
     again = Recommender.load(tmp_path / "grown")
     assert torch.allclose(again.score([hist_int]), scores)
+
+
+def test_concordance_before_and_after_alignment_is_recorded(pad_run):
+    import json
+
+    c = json.loads((pad_run.run_dir / "concordance.json").read_text())
+    for when in ("before", "after"):
+        assert 0.0 <= c[when]["overlap_at_k"] <= 1.0
+    assert c["items"] > 10

@@ -156,6 +156,9 @@ def run_pad(
         ),
     )
 
+    if out.aligned is not None:
+        atomic_write_text(run_dir / "concordance.json", json.dumps(alignment_concordance(out, split), indent=2))
+
     if evaluate:
         ev = Evaluator(split, Protocol())
         for label, model in (
@@ -171,6 +174,26 @@ def run_pad(
             run_dir / "results.json", json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2)
         )
     return out
+
+
+def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, Any]:
+    """PAD's analysis: do items close in the id space stay close in the text space, before vs after alignment?
+
+    Before: the pre-trained id table vs the raw text vectors. After: the aligned tower's id table vs its
+    adapted text vectors g(t). Same items (seen in training), same sample, same seed.
+    """
+    import torch
+
+    from padrec.text import concordance
+
+    seen = np.flatnonzero(split.train_item_counts[1:] > 0) + 1
+    with torch.inference_mode():
+        ids_before = out.backbone.net.item_vectors().numpy()[seen]
+        ids_after = out.aligned.net.items.all().numpy()[seen]
+    text_after = out.aligned.text_space()[seen]
+    before = concordance(ids_before, out.text[seen], k=k)
+    after = concordance(ids_after, text_after, k=k)
+    return {"items": int(len(seen)), "k": k, "before": before, "after": after}
 
 
 def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> str:
