@@ -9,6 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
+from padrec.cli_errors import fail as _fail
+from padrec.cli_errors import run_or_exit as _run
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, statistics, download.")
 app.add_typer(data_app, name="data")
@@ -18,22 +21,6 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Folder holding the datasets (default: $PADREC_DATA or a user cache)."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(code)
-
-
-def _run(fn: Any) -> Any:
-    """Turn library errors into one clear line instead of a traceback."""
-    from padrec.data.errors import DataError
-    from padrec.train.config import ConfigError
-
-    try:
-        return fn()
-    except (DataError, ConfigError, KeyError, FileNotFoundError, ValueError) as e:
-        _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
 
 
 @data_app.command("list")

@@ -193,7 +193,7 @@ def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, A
     text_after = out.aligned.text_space()[seen]
     before = concordance(ids_before, out.text[seen], k=k)
     after = concordance(ids_after, text_after, k=k)
-    return {"items": int(len(seen)), "k": k, "before": before, "after": after}
+    return {"items": len(seen), "k": k, "before": before, "after": after}
 
 
 def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> str:

@@ -18,6 +18,9 @@ from typing import Annotated, Any
 
 import typer
 
+from padrec.cli_errors import fail as _fail
+from padrec.cli_errors import run_or_exit as _run
+
 palr_app = typer.Typer(no_args_is_help=True, help="PALR: profile, retrieve and rank with an instruction-tuned LM.")
 
 _CTX = {"allow_extra_args": True, "ignore_unknown_options": False}
@@ -34,21 +37,6 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSO
 def register(app: typer.Typer) -> None:
     """Add the ``palr`` sub-app to padrec's command line."""
     app.add_typer(palr_app, name="palr")
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    typer.secho(f"error: {msg}", fg="red", err=True)
-    raise typer.Exit(code)
-
-
-def _run(fn: Any) -> Any:
-    from padrec.data.errors import DataError
-    from padrec.train.config import ConfigError
-
-    try:
-        return fn()
-    except (DataError, ConfigError, KeyError, FileNotFoundError, ValueError) as e:
-        _fail(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
 
 
 def _setup(

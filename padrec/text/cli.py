@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from padrec.cli_errors import run_or_exit as _run
 
 DataDir = Annotated[
     Path | None,
@@ -23,18 +24,6 @@ Template = Annotated[
 ]
 Pooling = Annotated[str, typer.Option(help="transformers models: mean (over real tokens) or last (final token).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _run(fn: Callable[[], Any]) -> Any:
-    """Library errors become one red line and exit code 2, not a traceback."""
-    from padrec.data.errors import DataError
-
-    try:
-        return fn()
-    except (DataError, KeyError, FileNotFoundError, ValueError, ImportError, TimeoutError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        typer.secho(f"error: {msg}", fg="red", err=True)
-        raise typer.Exit(2) from None
 
 
 def embed(
