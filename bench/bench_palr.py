@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
+from bench_palr_finetune import markdown as palr_markdown  # same folder: one table for both benches
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
@@ -179,7 +180,7 @@ def main() -> None:
     old = json.loads(path.read_text())["records"] if path.exists() else []
     keys = {(r["task"], r["dataset"], r["model"]) for r in records}
     merged = [r for r in old if (r["task"], r["dataset"], r["model"]) not in keys] + records
-    write_bench("palr", merged, "PALR (zero-shot, CPU-sized samples)")
+    write_bench("palr", merged, palr_markdown(merged))
     print(f"wrote {path}", flush=True)
 
 

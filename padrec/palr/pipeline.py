@@ -84,11 +84,11 @@ def profile_store(run_dir: Path | None, catalog: ItemCatalog) -> ProfileStore:
 
 
 def palr_label(cfg: PALRConfig, finetuned: bool) -> str:
-    """``palr-zeroshot`` / ``palr-v1`` (Recommend only) / ``palr-v2`` (both tasks), + ``-generation``, + ``-upper``."""
+    """``palr-zeroshot`` / ``palr-v1`` (Recommend only) / ``palr-v2`` (both tasks), + ``-generation``, + ``-gt``."""
     base = "palr-zeroshot" if not finetuned else ("palr-v2" if "recommend_retrieval" in cfg.tasks else "palr-v1")
     if cfg.mode == "generation":
         base += "-generation"
-    return base + ("-upper" if cfg.upper_bound else "")
+    return base + ("-gt" if cfg.upper_bound else "")
 
 
 # -- stage 1: instruction data ------------------------------------------------------------------
