@@ -62,6 +62,27 @@ def test_fit_save_load_gives_identical_scores(name, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
+def test_concurrent_scoring_of_a_loaded_model_is_deterministic(tmp_path):
+    """Serving scores from many threads: a loaded model stays in eval mode (dropout off) throughout."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    split = _toy_split()
+    rec = get_model_class("sasrec")(
+        params={"d": 16, "max_len": 12, "dropout": 0.5}, train={"max_epochs": 1, "batch_size": 16, "progress": False}
+    )
+    rec.fit(split, run_dir=tmp_path)
+    assert not rec.net.training
+    loaded = Recommender.load(tmp_path)
+    assert not loaded.net.training
+    hist = split.histories("test")[:8]
+    ref = loaded.score(hist)
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: loaded.score(hist), range(32)))
+    assert all(torch.equal(o, ref) for o in outs)
+    loaded.net.train()  # a net left in training mode is scored in eval mode and put back
+    assert torch.equal(loaded.score(hist), ref) and loaded.net.training
+
+
 def test_recommend_uses_external_ids_and_rejects_unknown(tmp_path):
     split = _toy_split()
     rec = get_model_class("sasrec")(

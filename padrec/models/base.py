@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,20 @@ from padrec.data.split import Split
 from padrec.utils import atomic_write_text
 
 _REGISTRY: dict[str, type[Recommender]] = {}
+
+
+@contextmanager
+def evaluating(net: torch.nn.Module | None) -> Iterator[None]:
+    """Eval mode for one scoring call. Switches (and restores) only a net left in training mode, so
+    concurrent ``score`` calls on a fitted or loaded model — always in eval mode — never race on it."""
+    was = net is not None and net.training
+    if was:
+        net.eval()
+    try:
+        yield
+    finally:
+        if was:
+            net.train()
 
 
 def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
@@ -156,6 +171,9 @@ class Recommender(ABC):
         model._build()
         state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
+        net = getattr(model, "net", None)
+        if isinstance(net, torch.nn.Module):
+            net.eval()  # loaded models serve: eval mode once, so score() never toggles it
         return model
 
     def _build(self) -> None:  # noqa: B027 (nothing to build by default)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from padrec.data.split import Split
-from padrec.models.base import Recommender, register
+from padrec.models.base import Recommender, evaluating, register
 from padrec.train.config import Strict, TrainConfig
 
 
@@ -151,20 +151,18 @@ class NCF(_UserItemModel):
     @torch.inference_mode()
     def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         net: NCFNet = self.net
-        was = net.training
-        net.eval()
-        if users is not None:
-            u = torch.as_tensor(np.asarray(users), dtype=torch.long)
-            gu, mu = net.gmf_u(u), net.mlp_u(u)
-        else:
-            gu = torch.stack([net.gmf_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
-            mu = torch.stack([net.mlp_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
-        items = torch.arange(self.n_items + 1)
-        out = torch.cat(
-            [
-                net.score_vecs(gu[b : b + 64], mu[b : b + 64], items.expand(len(gu[b : b + 64]), -1))
-                for b in range(0, len(gu), 64)
-            ]
-        )
-        net.train(was)
+        with evaluating(net):
+            if users is not None:
+                u = torch.as_tensor(np.asarray(users), dtype=torch.long)
+                gu, mu = net.gmf_u(u), net.mlp_u(u)
+            else:
+                gu = torch.stack([net.gmf_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
+                mu = torch.stack([net.mlp_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
+            items = torch.arange(self.n_items + 1)
+            out = torch.cat(
+                [
+                    net.score_vecs(gu[b : b + 64], mu[b : b + 64], items.expand(len(gu[b : b + 64]), -1))
+                    for b in range(0, len(gu), 64)
+                ]
+            )
         return out.float()

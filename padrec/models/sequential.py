@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from padrec.data.split import Split
-from padrec.models.base import Recommender, register
+from padrec.models.base import Recommender, evaluating, register
 from padrec.models.layers import CaserEncoder, GRUEncoder, ItemTable, TransformerEncoder
 from padrec.models.losses import rec_loss
 from padrec.train.config import Strict, TrainConfig
@@ -154,12 +154,10 @@ class SequentialRecommender(Recommender):
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         if self.net is None:
             raise RuntimeError(f"{self.name}: call fit() or load() first")
-        was_training = self.net.training
-        self.net.eval()
-        device = next(self.net.parameters()).device
-        users = self.net.user_vectors(self.query_batch(histories).to(device))
-        scores = users @ self.net.item_vectors().T
-        self.net.train(was_training)
+        with evaluating(self.net):
+            device = next(self.net.parameters()).device
+            users = self.net.user_vectors(self.query_batch(histories).to(device))
+            scores = users @ self.net.item_vectors().T
         return scores.float().cpu()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

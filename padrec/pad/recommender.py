@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from padrec.data.split import Split
-from padrec.models.base import Recommender, get_model_class, register
+from padrec.models.base import Recommender, evaluating, get_model_class, register
 from padrec.models.losses import rec_loss
 from padrec.models.sequential import SeqNet, SequentialRecommender, query_seqs
 from padrec.pad.losses import DEFAULT_ALPHAS, Kernel, alignment_loss
@@ -163,17 +163,14 @@ class PADAligned(_PADStage):
     @torch.inference_mode()
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         net: AlignedNet = self.net
-        was = net.training
-        net.eval()
-        table = net.all_vectors()
-        users = net.encode(self.query(histories), table)[:, -1]
-        net.train(was)
+        with evaluating(net):
+            table = net.all_vectors()
+            users = net.encode(self.query(histories), table)[:, -1]
         return (users @ table[: net.n_items + 1].T).float()
 
     def text_space(self) -> np.ndarray:
         """g(t) for every item: the adapted text vectors compared with the id table in the analysis."""
-        with torch.inference_mode():
-            self.net.eval()
+        with torch.inference_mode(), evaluating(self.net):
             return self.net.adapter(self.net.text[: self.n_items + 1]).numpy()
 
 
@@ -305,10 +302,8 @@ class PAD(_PADStage):
 
     @torch.inference_mode()
     def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        was = self.net.training
-        self.net.eval()
-        out = self.net.score(self.query(histories))
-        self.net.train(was)
+        with evaluating(self.net):
+            out = self.net.score(self.query(histories))
         return out.float()
 
 

@@ -181,6 +181,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         deterministic=False,
     )
     module = RecLightning(rec, split)
+    module.train()  # parts copied from fitted (eval-mode) models must train with dropout on
     last = ckpt_dir / "last.ckpt"
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resume and last.exists() else None)
@@ -189,7 +190,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         rec.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
-    rec.net.cpu()
+    rec.net.cpu().eval()  # a fitted model scores; score() then never toggles modes
     if trainer.is_global_zero:
         rec.save(run_dir)
         summary = {
