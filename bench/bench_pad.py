@@ -7,7 +7,7 @@ stages are reused, so an interrupted benchmark continues). The backbone of seed 
 run (``--pretrained DIR``) to avoid training it twice. Records (MISSION.md §5): models ``<backbone>``,
 ``pad-<backbone>`` (+ ``-<variant>`` for ablations), protocol ``full-loo``, metrics HR@10/NDCG@10 as
 mean over seeds (``_std`` alongside), groups ``bin1``..``bin10``, ``cold``, ``warm``. Serving cost: time
-to score all items for a batch of users, PAD vs backbone, same run, alternating order, median of 5.
+to score all items for a batch of users, PAD vs backbone, same run, alternating order, median of 9.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _mean_record(name: str, results: list, dataset: str, seeds: list[int], note:
     }
 
 
-def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 5) -> dict:
+def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 9) -> dict:
     hist = split.histories("test")[:batch]
     times = {"backbone": [], "pad": []}
     for _ in range(repeats):
@@ -104,6 +104,12 @@ def main() -> None:
     ).strip("; ")
     pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
     new = [_mean_record(pad_name, pad_res, args.dataset, args.seeds, note)]
+    conc = runs[0].run_dir / "concordance.json"
+    if conc.exists():  # id-space vs text-space neighbourhood agreement, before vs after alignment
+        c = json.loads(conc.read_text())
+        for when in ("before", "after"):
+            for key in ("overlap_at_k", "spearman"):
+                new[0]["metrics"][f"concordance_{when}_{key}"] = c[when][key]
     if not args.variant:
         new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
         new.append(
@@ -117,7 +123,7 @@ def main() -> None:
                     "score_ms_pad": cost["pad_ms"],
                     "serving_cost_ratio": cost["ratio"],
                 },
-                "note": f"time to score all items for {cost['batch']} users, median of 5, same process",
+                "note": f"time to score all items for {cost['batch']} users, median of 9, same process",
             }
         )
     path = ROOT / "results" / "pad.json"
@@ -148,7 +154,17 @@ def _markdown(records: list[dict]) -> str:
             + " | ".join(cell(g.get(f"bin{i}", {})) for i in range(1, 11))
             + " |"
         )
-    lines.append("\nPer-bin cells are NDCG@10 (bin1 = most popular). Serving cost:")
+    lines.append("\nPer-bin cells are NDCG@10 (bin1 = most popular).")
+    for r in records:
+        m = r["metrics"]
+        if r["task"] == "accuracy" and "concordance_before_spearman" in m:
+            lines.append(
+                f"- {r['dataset']} {r['model']} concordance of id vs text neighbourhoods (seed {r['seeds'][0]}), "
+                f"before → after alignment: overlap@10 {m['concordance_before_overlap_at_k']:.4f} → "
+                f"{m['concordance_after_overlap_at_k']:.4f}, Spearman {m['concordance_before_spearman']:.4f} → "
+                f"{m['concordance_after_spearman']:.4f}"
+            )
+    lines.append("\nServing cost:")
     for r in records:
         if r["task"] == "speed":
             m = r["metrics"]

@@ -77,6 +77,9 @@ def test_fused_score_is_the_gated_sum_of_expert_scores(pad_run, toy):
         w = rec.net.item_weights()
     manual = sum(w[k] * parts[k] for k in range(len(parts)))
     assert torch.allclose(fused, manual, atol=1e-5)
+    # serving uses one cached gate-weighted table; the training path must agree with it
+    assert rec.net._serving is not None
+    assert torch.allclose(rec.net.score(seqs).detach(), fused, atol=1e-5)
     assert w.shape == (3, split.n_items + 1)
 
 

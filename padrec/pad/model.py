@@ -168,6 +168,33 @@ class PADNet(nn.Module):
         init = gate_init(n_bins)
         self.gates = nn.Parameter(torch.stack([init[k] for k in self.names]), requires_grad=learn_gates)
         self.register_buffer("item_bins", item_bins.long().clone())
+        self._serving: tuple[list[torch.Tensor], torch.Tensor] | None = None
+
+    # -- serving cache: item tables (and the gate-weighted fused table) depend only on weights --------
+    def invalidate(self) -> None:
+        """Forget the cached serving tables (called when weights, texts or the catalogue change)."""
+        self._serving = None
+
+    def train(self, mode: bool = True) -> PADNet:
+        self.invalidate()
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self.invalidate()
+        return super().load_state_dict(*args, **kwargs)
+
+    def serving_tables(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-expert item tables and ``[n_items + 1, n_experts * d]`` = concat_k w_k(bin(i)) · item_k(i),
+        computed once in eval mode: the fused score is then one matmul with the concatenated user vectors.
+        """
+        if self._serving is None:
+            with torch.no_grad():
+                tables = [t.detach() for t in self.tables()]
+                n = self.n_items + 1
+                w = self.item_weights()
+                fused = torch.cat([w[k, :, None] * t[:n] for k, t in enumerate(tables)], dim=1)
+            self._serving = (tables, fused)
+        return self._serving
 
     def gate_weights(self) -> torch.Tensor:
         """``[n_experts, n_bins]``: sum-normalised sigmoids of the gate logits."""
@@ -197,5 +224,8 @@ class PADNet(nn.Module):
         return [h[:, -1] @ t[:n].T for h, t in zip(self.hidden(seqs, tables), tables, strict=True)]
 
     def score(self, seqs: torch.Tensor) -> torch.Tensor:
-        tables = self.tables()
-        return self.fused_scores([h[:, -1] for h in self.hidden(seqs, tables)], tables)
+        if self.training or torch.is_grad_enabled():
+            tables = self.tables()
+            return self.fused_scores([h[:, -1] for h in self.hidden(seqs, tables)], tables)
+        tables, fused = self.serving_tables()
+        return torch.cat([h[:, -1] for h in self.hidden(seqs, tables)], dim=1) @ fused.T

@@ -264,6 +264,7 @@ class PAD(_PADStage):
                     self.titles[index[str(e)]] = titles[k]
         if not new:
             return 0
+        self.net.invalidate()
         add = torch.from_numpy(vectors[new])
         for expert in self.net.experts.values():
             if hasattr(expert, "items"):
@@ -296,6 +297,7 @@ class PAD(_PADStage):
         return self.add_item_vectors([str(it["id"]) for it in items], vectors, titles)
 
     def _set_text(self, row: int, vec: torch.Tensor) -> None:
+        self.net.invalidate()
         for expert in self.net.experts.values():
             if hasattr(expert, "text"):
                 expert.text[row] = vec.to(expert.text.dtype)
