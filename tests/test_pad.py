@@ -136,3 +136,23 @@ def test_concordance_before_and_after_alignment_is_recorded(pad_run):
     for when in ("before", "after"):
         assert 0.0 <= c[when]["overlap_at_k"] <= 1.0
     assert c["items"] > 10
+
+
+def test_bert4rec_pad_adds_items_before_its_mask_row(toy, tmp_path):
+    """BERT4Rec's mask token sits after the items: new rows go in before it, existing scores stay put."""
+    split, text = toy
+    fast = {**FAST, "backbone.max_epochs": 2, "max_epochs": 2}
+    out = run_pad(split, tmp_path / "bert", backbone="bert4rec", overrides=fast, text=text, evaluate=False)
+    rec = Recommender.load(tmp_path / "bert" / "pad")
+    hist = split.histories("test")[:3]
+    before = rec.score(hist)
+    mask_before = rec.net.mask_id
+    assert rec.add_item_vectors(["new-a", "new-b"], text[[1, 2]], ["A", "B"]) == 2
+    after = rec.score(hist)
+    assert rec.net.mask_id == mask_before + 2 == rec.n_items + 1
+    assert all(e.mask_id == rec.net.mask_id for e in rec.net.experts.values())
+    assert after.shape == (3, split.n_items + 3) and torch.isfinite(after[:, -2:]).all()
+    assert torch.allclose(after[:, : split.n_items + 1], before, atol=1e-5)
+    rec.save(tmp_path / "grown")
+    assert torch.allclose(Recommender.load(tmp_path / "grown").score(hist), after, atol=1e-6)
+    assert out.pad is not None

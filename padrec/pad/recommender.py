@@ -245,8 +245,6 @@ class PAD(_PADStage):
         New items have no id embedding (zero), so their collaborative score is 0 and they sit in the
         coldest popularity bin, where the gates favour the text and aligned experts. No retraining.
         """
-        if self.net.bidirectional:
-            raise NotImplementedError("adding items to a BERT4Rec-based PAD model is not supported yet")
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self.config["text_dim"]):
             raise ValueError(
@@ -266,18 +264,24 @@ class PAD(_PADStage):
             return 0
         self.net.invalidate()
         add = torch.from_numpy(vectors[new])
+        at = self.net.n_items + 1  # new rows follow the last item, before BERT4Rec's mask row if there is one
         for expert in self.net.experts.values():
             if hasattr(expert, "items"):
                 emb = expert.items.emb
-                grown = torch.cat([emb.weight.data, emb.weight.new_zeros(len(new), emb.weight.size(1))])
+                w = emb.weight.data
+                grown = torch.cat([w[:at], w.new_zeros(len(new), w.size(1)), w[at:]])
                 emb.weight = nn.Parameter(grown, requires_grad=emb.weight.requires_grad)
                 emb.num_embeddings = grown.size(0)
             if hasattr(expert, "text"):
-                expert.text = torch.cat([expert.text, add.to(expert.text.dtype)])
+                expert.text = torch.cat([expert.text[:at], add.to(expert.text.dtype), expert.text[at:]])
             expert.n_items += len(new)
+            if expert.bidirectional:
+                expert.mask_id += len(new)
         coldest = torch.full((len(new),), self.params.n_bins - 1, dtype=torch.long)
         self.net.item_bins = torch.cat([self.net.item_bins, coldest])
         self.net.n_items += len(new)
+        if self.net.bidirectional:
+            self.net.mask_id += len(new)
         self.item_ids = np.asarray([*self.item_ids, *(str(ids[k]) for k in new)], dtype=object)
         self.titles = [*(self.titles or [""] * (len(self.item_ids) - len(new))), *(titles[k] for k in new)]
         return len(new)
