@@ -45,6 +45,9 @@ def test_resume_continues_from_the_saved_epoch(ml100k_split, tmp_path):
     log = read_metrics(tmp_path).dropna(subset=["val_ndcg10"])
     assert log["epoch"].tolist() == [0, 1, 2, 3]  # epochs 0-1 were not trained again
     assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 4
+    times = json.loads((tmp_path / "epoch_times.json").read_text())  # one entry per epoch, both starts
+    assert len(times["train"]) == len(times["ndcg"]) == 4
+    assert times["ndcg"] == pytest.approx(log["val_ndcg10"].tolist(), abs=1e-6)
 
 
 @pytest.mark.slow

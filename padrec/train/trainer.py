@@ -84,12 +84,15 @@ class MaskedItemBatches:
 class RecLightning(L.LightningModule):
     """Wraps any trainable recommender exposing ``net`` and ``training_loss(batch)``."""
 
-    def __init__(self, rec: Any, split: Split) -> None:
+    def __init__(self, rec: Any, split: Split, times_path: Path | None = None, resumed: bool = False) -> None:
         super().__init__()
         self.rec, self.split = rec, split
         self.net = rec.net
         self.cfg = rec.train_cfg
+        self.times_path = times_path
         self.timings: dict[str, list[float]] = {"train": [], "valid": [], "ndcg": []}
+        if resumed and times_path is not None and times_path.is_file():  # a resumed run keeps its history
+            self.timings = {k: list(v) for k, v in json.loads(times_path.read_text()).items()}
 
     def training_step(self, batch: Any, _: int) -> torch.Tensor:
         loss, n = self.rec.training_loss(batch)
@@ -106,6 +109,8 @@ class RecLightning(L.LightningModule):
         self.timings["valid"].append(time.perf_counter() - t1)
         self.timings["ndcg"].append(ndcg)
         self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
+        if self.times_path is not None and self.trainer.is_global_zero:  # every epoch: a kill loses nothing
+            atomic_write_text(self.times_path, json.dumps(self.timings))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = self.rec.param_groups() if hasattr(self.rec, "param_groups") else self.net.parameters()
@@ -180,13 +185,13 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         log_every_n_steps=10,
         deterministic=False,
     )
-    module = RecLightning(rec, split)
-    module.train()  # parts copied from fitted (eval-mode) models must train with dropout on
     last = ckpt_dir / "last.ckpt"
+    resumed = bool(resume and last.exists())
+    module = RecLightning(rec, split, run_dir / "epoch_times.json", resumed)
+    module.train()  # parts copied from fitted (eval-mode) models must train with dropout on
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last) if resume and last.exists() else None)
+    trainer.fit(module, loader, ckpt_path=str(last) if resumed else None)
     elapsed = time.perf_counter() - t0
-    trained = max(len(module.timings["train"]), 1)
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         rec.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
@@ -197,11 +202,12 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
             "epochs": trainer.current_epoch,
             "best_epoch": _best_epoch(run_dir),
             VAL_METRIC: float(best.best_model_score) if best.best_model_score is not None else None,
-            "train_seconds": elapsed,
-            "seconds_per_epoch": elapsed / trained,
+            "train_seconds": elapsed,  # this (re)start only
+            "seconds_per_epoch": (  # training only, over every epoch of every (re)start
+                float(np.mean(module.timings["train"])) if module.timings["train"] else None
+            ),
         }
         atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))
-        atomic_write_text(run_dir / "epoch_times.json", json.dumps(module.timings))
     return run_dir
 
 
