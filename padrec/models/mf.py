@@ -73,6 +73,21 @@ class NCFNet(nn.Module):
     def pair(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         return self.score_vecs(self.gmf_u(u), self.mlp_u(u), i)
 
+    def score_all(self, gu: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Eval-mode logits ``[B, n_items + 1]`` against every item, equal to ``score_vecs`` but ~4× cheaper:
+        the first MLP layer is linear in [user; item], so its two halves are computed once per user and
+        once per item instead of once per (user, item) pair, and GMF becomes one matmul."""
+        if len(self.mlp) == 0:
+            items = torch.arange(self.gmf_i.num_embeddings).expand(len(gu), -1)
+            return self.score_vecs(gu, mu, items)
+        first: nn.Linear = self.mlp[1]
+        d = mu.size(1)
+        hidden = (mu @ first.weight[:, :d].T + first.bias)[:, None, :] + (self.mlp_i.weight @ first.weight[:, d:].T)
+        m = self.mlp[2:](hidden)
+        w = self.out.weight[0]
+        gmf = gu @ (self.gmf_i.weight * w[:d]).T
+        return gmf + m @ w[d:] + self.out.bias
+
 
 class _UserItemModel(Recommender):
     config_cls: ClassVar[type[Strict]] = MFConfig
@@ -158,11 +173,5 @@ class NCF(_UserItemModel):
             else:
                 gu = torch.stack([net.gmf_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
                 mu = torch.stack([net.mlp_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
-            items = torch.arange(self.n_items + 1)
-            out = torch.cat(
-                [
-                    net.score_vecs(gu[b : b + 64], mu[b : b + 64], items.expand(len(gu[b : b + 64]), -1))
-                    for b in range(0, len(gu), 64)
-                ]
-            )
+            out = torch.cat([net.score_all(gu[b : b + 64], mu[b : b + 64]) for b in range(0, len(gu), 64)])
         return out.float()
