@@ -50,6 +50,16 @@ def test_resume_continues_from_the_saved_epoch(ml100k_split, tmp_path):
     assert times["ndcg"] == pytest.approx(log["val_ndcg10"].tolist(), abs=1e-6)
 
 
+def test_val_every_validates_every_k_epochs_and_after_the_last(ml100k_split, tmp_path):
+    _sasrec(max_epochs=5, patience=10, val_every=2).fit(ml100k_split, run_dir=tmp_path)
+    log = read_metrics(tmp_path).dropna(subset=["val_ndcg10"])
+    assert log["epoch"].tolist() == [1, 3, 4]  # 0-based epochs 2, 4 and the last one (5)
+    times = json.loads((tmp_path / "epoch_times.json").read_text())
+    assert len(times["train"]) == 5 and [x is None for x in times["ndcg"]] == [True, False, True, False, False]
+    assert (tmp_path / "checkpoints" / "best.ckpt").exists()
+    assert json.loads((tmp_path / "train.json").read_text())["best_epoch"] in (1, 3, 4)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_agrees_with_one_process(ml100k_split, tmp_path):
     common = {"max_epochs": 6, "patience": 6, "lr": 0.003, "accelerator": "cpu"}

@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class Strict(BaseModel):
@@ -25,7 +25,8 @@ class TrainConfig(Strict):
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200
-    patience: int = 10
+    patience: int = 10  # validations (not epochs) without a better validation NDCG@10
+    val_every: int = Field(default=1, ge=1)  # validate every k epochs (and after the last): for costly scoring
     seed: int = 42
     eval_batch_size: int = 1024
     accelerator: str = "auto"

@@ -104,11 +104,17 @@ class RecLightning(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         t1 = time.perf_counter()
-        ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size)
         self.timings["train"].append(t1 - self._t0)
-        self.timings["valid"].append(time.perf_counter() - t1)
-        self.timings["ndcg"].append(ndcg)
-        self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
+        epoch = self.current_epoch + 1
+        if epoch % self.cfg.val_every and epoch < self.trainer.max_epochs:
+            # no validation this epoch (val_every): checkpointing and early stopping wait for the next one
+            self.timings["valid"].append(0.0)
+            self.timings["ndcg"].append(None)
+        else:
+            ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size)
+            self.timings["valid"].append(time.perf_counter() - t1)
+            self.timings["ndcg"].append(ndcg)
+            self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
         if self.times_path is not None and self.trainer.is_global_zero:  # every epoch: a kill loses nothing
             atomic_write_text(self.times_path, json.dumps(self.timings))
 
@@ -156,7 +162,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     loader = rec.train_loader(split)
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max", save_last=True)
-    stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience)
+    stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience, strict=cfg.val_every == 1)
     # one log folder per (re)start: a resumed run must never overwrite the earlier epochs' logs
     version = f"run{len(list((run_dir / 'logs').glob('run*')))}"
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=version)]
