@@ -90,6 +90,7 @@ def main() -> None:
         cost = serving_cost(Recommender.load(run_dir / "pretrain"), Recommender.load(run_dir / "pad"), split)
         print(cost)
         _update_speed(args.dataset, f"pad-{args.backbone}", args.seeds, cost)
+        _update_concordance(args.dataset, f"pad-{args.backbone}", run_dir)
         return
     overrides = parse_overrides(args.overrides)
     base_res, pad_res, runs = [], [], []
@@ -112,12 +113,7 @@ def main() -> None:
     ).strip("; ")
     pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
     new = [_mean_record(pad_name, pad_res, args.dataset, args.seeds, note)]
-    conc = runs[0].run_dir / "concordance.json"
-    if conc.exists():  # id-space vs text-space neighbourhood agreement, before vs after alignment
-        c = json.loads(conc.read_text())
-        for when in ("before", "after"):
-            for key in ("overlap_at_k", "spearman"):
-                new[0]["metrics"][f"concordance_{when}_{key}"] = c[when][key]
+    new[0]["metrics"].update(_concordance(runs[0].run_dir))
     if not args.variant:
         new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
         new.append(_speed_record(args.dataset, pad_name, args.seeds, cost))
@@ -141,6 +137,24 @@ def _speed_record(dataset: str, model: str, seeds: list[int], cost: dict) -> dic
         },
         "note": f"time to score all items for {cost['batch']} users, median of 9, same process, alternating order",
     }
+
+
+def _concordance(run_dir: Path) -> dict[str, float]:
+    """Id-space vs text-space neighbourhood agreement, before vs after alignment (empty if not computed)."""
+    path = run_dir / "concordance.json"
+    if not path.exists():
+        return {}
+    c = json.loads(path.read_text())
+    return {f"concordance_{w}_{k}": c[w][k] for w in ("before", "after") for k in ("overlap_at_k", "spearman")}
+
+
+def _update_concordance(dataset: str, model: str, run_dir: Path) -> None:
+    path = ROOT / "results" / "pad.json"
+    records = json.loads(path.read_text())["records"] if path.exists() else []
+    for r in records:
+        if (r["task"], r["dataset"], r["model"]) == ("accuracy", dataset, model):
+            r["metrics"].update(_concordance(run_dir))
+    write_bench("pad", records, _markdown(records))
 
 
 def _update_speed(dataset: str, model: str, seeds: list[int], cost: dict) -> None:
