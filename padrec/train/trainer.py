@@ -174,6 +174,8 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         pass
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    if cfg.val_every > 1:  # epochs without validation are expected: no checkpoint warning for them
+        warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
         accelerator=cfg.accelerator,
