@@ -104,6 +104,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path)
+    ap.add_argument(
+        "--stages",
+        nargs="+",
+        choices=["zeroshot", "v1", "v2"],
+        default=["zeroshot", "v1", "v2"],
+        help="which steps to run; records of the others already in palr.json are kept",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -157,11 +164,14 @@ def main() -> None:
             records.append(retr)
         merge(records)
 
-    lm = load_causal_lm(args.lm)
-    evaluate(lm, "palr-zeroshot", None)
-    evaluate(lm, "palr-zeroshot-gt", None, upper_bound=True)
-    del lm
+    if "zeroshot" in args.stages:
+        lm = load_causal_lm(args.lm)
+        evaluate(lm, "palr-zeroshot", None)
+        evaluate(lm, "palr-zeroshot-gt", None, upper_bound=True)
+        del lm
     for name, tasks in (("v1", ["recommend"]), ("v2", ["recommend", "recommend_retrieval"])):
+        if name not in args.stages:
+            continue
         cfg = load_palr_config(split.dataset.name, {**base, "tasks": tasks})
         lm, ft, reused = run_finetune(split, run_root / name, cfg)  # loads the base model afresh
         brief = {k: ft[k] for k in ("steps", "first_loss", "last_loss", "seconds")}
