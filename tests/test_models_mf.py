@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models_seq import _toy_split
 
 from padrec.models import Recommender, get_model_class
 from padrec.models.mf import NCFNet
-from test_models_seq import _toy_split
 
 
 @pytest.mark.parametrize("mlp", [(16, 8), ()])
