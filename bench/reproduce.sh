@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every run behind README's "Results", in one place, so a session with a GPU (or a long CPU slot) can
+# start it and walk away. Each step resumes its run directory and merges its record into
+# bench/results/*.json, so the script can be killed and started again at any point.
+#
+#   bash bench/reproduce.sh                 # all groups, in this order
+#   bash bench/reproduce.sh backbones pad   # only some groups: backbones pad palr speed
+#
+# Training uses the GPU when torch sees one (accelerator=auto). Records name the device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export PADREC_DATA=${PADREC_DATA:-$(cd .. && pwd)/shared/datasets}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+RUNS=bench/.work/runs
+groups=("$@")
+[ ${#groups[@]} -eq 0 ] && groups=(backbones pad palr speed)
+
+step() { echo "== $(date +%H:%M:%S) $*" >&2; "$PY" "$@"; }
+
+for g in "${groups[@]}"; do
+  case $g in
+    backbones)  # issue 3: reproduction table (full ranking, leave-one-out)
+      for ds in ml-1m amazon-beauty; do
+        for m in sasrec gru4rec bert4rec caser bpr pop; do
+          step bench/bench_accuracy.py --dataset "$ds" --model "$m"
+        done
+        # NCF scores every (user, item) pair in validation: validate every 5 epochs
+        step bench/bench_accuracy.py --dataset "$ds" --model ncf val_every=5 patience=4
+      done ;;
+    pad)  # issue 5: PAD vs backbone, 3 seeds, SASRec and GRU4Rec backbones
+      for ds in ml-1m amazon-beauty; do
+        step bench/bench_pad.py --dataset "$ds" --backbone sasrec --seeds 0 1 2 --pretrained "$RUNS/$ds/sasrec"
+        step bench/bench_pad.py --dataset "$ds" --backbone gru4rec --seeds 0 1 2 --pretrained "$RUNS/$ds/gru4rec"
+      done ;;
+    palr)  # issue 6: zero-shot, v1, v2 (+ upper bounds) next to the SASRec retriever
+      for ds in ml-1m amazon-beauty; do
+        step bench/bench_palr_finetune.py --dataset "$ds" --retriever "$RUNS/$ds/sasrec" --users 40 --gen-users 5 --steps 30
+      done ;;
+    speed)  # issue 3: SASRec speed and memory next to RecBole (installs RecBole in its own venv)
+      step bench/bench_recbole.py --dataset ml-100k --epochs 200 --patience 20 --recbole-epochs 3
+      step bench/bench_recbole.py --dataset amazon-beauty --epochs 3 --recbole-epochs 1 ;;
+    *) echo "unknown group $g (backbones pad palr speed)" >&2; exit 2 ;;
+  esac
+done
