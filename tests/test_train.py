@@ -70,3 +70,21 @@ def test_two_process_ddp_agrees_with_one_process(ml100k_split, tmp_path):
     b = ev.run(two, stage="valid", groups=False).overall["NDCG@10"]
     pop = ev.run(Pop().fit(ml100k_split), stage="valid", groups=False).overall["NDCG@10"]
     assert b > pop and abs(a - b) < 0.35 * max(a, b), (a, b, pop)
+
+
+def test_val_users_validates_on_a_fixed_seeded_sample(ml100k_split):
+    from padrec.eval.metrics import metrics_from_ranks
+    from padrec.train.trainer import validation_ndcg, validation_users
+
+    pop = Pop().fit(ml100k_split)
+    n = len(ml100k_split.users("valid"))
+    assert validation_users(ml100k_split, None, 0) is None and validation_users(ml100k_split, n + 5, 0) is None
+    sample = validation_users(ml100k_split, 200, seed=3)
+    assert len(set(sample.tolist())) == 200 and sample.max() < n
+    assert (validation_users(ml100k_split, 200, seed=3) == sample).all()  # same users at every validation
+    full = Evaluator(ml100k_split, Protocol()).ranks(pop, "valid")
+    expected = metrics_from_ranks(full[sample], (10,))["NDCG@10"]
+    assert validation_ndcg(pop, ml100k_split, max_users=200, seed=3) == pytest.approx(expected)
+    everyone = metrics_from_ranks(full, (10,))["NDCG@10"]
+    assert validation_ndcg(pop, ml100k_split) == pytest.approx(everyone)
+    assert validation_ndcg(pop, ml100k_split, max_users=200, seed=4) != pytest.approx(expected)

@@ -58,13 +58,20 @@ class Evaluator:
             )
         return self._negatives[stage]
 
-    def ranks(self, model: Any, stage: Stage = "test") -> np.ndarray:
-        """0-based target rank of every user of ``stage`` (aligned with ``split.users(stage)``)."""
+    def ranks(self, model: Any, stage: Stage = "test", subset: np.ndarray | None = None) -> np.ndarray:
+        """0-based target rank of every user of ``stage`` (aligned with ``split.users(stage)``).
+
+        ``subset`` (positions into ``split.users(stage)``) ranks only those users, in that order.
+        """
         _check_stage(stage)
         split = self.split
         users, targets = split.users(stage), split.targets(stage)
+        if subset is not None:
+            users, targets = users[subset], targets[subset]
         histories = split.histories(stage, users)
         negs = self.negatives(stage) if self.protocol.kind == "sampled" else None
+        if negs is not None and subset is not None:
+            negs = negs[subset]
         by_user = bool(getattr(model, "uses_user_ids", False))
         width = split.n_items + 1
         out = np.empty(len(users), dtype=np.int64)

@@ -27,6 +27,8 @@ class TrainConfig(Strict):
     max_epochs: int = 200
     patience: int = 10  # validations (not epochs) without a better validation NDCG@10
     val_every: int = Field(default=1, ge=1)  # validate every k epochs (and after the last): for costly scoring
+    # validate on a seeded sample of this many users (model selection only; the test always ranks every user)
+    val_users: int | None = Field(default=None, ge=1)
     seed: int = 42
     eval_batch_size: int = 1024
     accelerator: str = "auto"

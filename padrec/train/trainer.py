@@ -111,7 +111,7 @@ class RecLightning(L.LightningModule):
             self.timings["valid"].append(0.0)
             self.timings["ndcg"].append(None)
         else:
-            ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size)
+            ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size, self.cfg.val_users, self.cfg.seed)
             self.timings["valid"].append(time.perf_counter() - t1)
             self.timings["ndcg"].append(ndcg)
             self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
@@ -123,12 +123,29 @@ class RecLightning(L.LightningModule):
         return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
 
-def validation_ndcg(rec: Any, split: Split, batch_size: int = 1024) -> float:
+def validation_users(split: Split, n: int | None, seed: int) -> np.ndarray | None:
+    """Positions of a seeded, sorted sample of ``n`` validation users (None = all of them).
+
+    The same users at every validation, so early stopping compares like with like."""
+    total = len(split.users("valid"))
+    if n is None or n >= total:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def validation_ndcg(
+    rec: Any, split: Split, batch_size: int = 1024, max_users: int | None = None, seed: int = 0
+) -> float:
+    """Full-ranking NDCG@10 on the validation targets (of a seeded user sample when ``max_users`` is set)."""
     from padrec.eval.evaluator import Evaluator
+    from padrec.eval.metrics import metrics_from_ranks
     from padrec.eval.protocol import Protocol
 
-    res = Evaluator(split, Protocol(batch_size=batch_size)).run(rec, stage="valid", groups=False)
-    return float(res.overall["NDCG@10"])
+    subset = validation_users(split, max_users, seed)
+    ranks = Evaluator(split, Protocol(batch_size=batch_size)).ranks(rec, "valid", subset=subset)
+    if len(ranks) == 0:
+        raise ValueError(f"no users with a valid target in split {split.kind!r}: nothing to validate on")
+    return float(metrics_from_ranks(ranks, (10,))["NDCG@10"])
 
 
 def sequence_loader(rec: Any, split: Split) -> DataLoader:
