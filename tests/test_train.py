@@ -88,3 +88,9 @@ def test_val_users_validates_on_a_fixed_seeded_sample(ml100k_split):
     everyone = metrics_from_ranks(full, (10,))["NDCG@10"]
     assert validation_ndcg(pop, ml100k_split) == pytest.approx(everyone)
     assert validation_ndcg(pop, ml100k_split, max_users=200, seed=4) != pytest.approx(expected)
+
+
+def test_patience_counts_validations_not_epochs(ml100k_split, tmp_path):
+    # validations after epochs 3, 6, 9; two epochs without validation must not use up patience=2
+    _sasrec(max_epochs=9, patience=2, val_every=3, limit_train_batches=0.2).fit(ml100k_split, run_dir=tmp_path)
+    assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 9

@@ -107,7 +107,10 @@ class RecLightning(L.LightningModule):
         self.timings["train"].append(t1 - self._t0)
         epoch = self.current_epoch + 1
         if epoch % self.cfg.val_every and epoch < self.trainer.max_epochs:
-            # no validation this epoch (val_every): checkpointing and early stopping wait for the next one
+            # no validation this epoch (val_every): checkpointing and early stopping wait for the next one.
+            # Lightning keeps the last logged value in callback_metrics; left there, EarlyStopping would
+            # count this epoch as one more validation without improvement.
+            self.trainer.callback_metrics.pop(VAL_METRIC, None)
             self.timings["valid"].append(0.0)
             self.timings["ndcg"].append(None)
         else:
