@@ -1,7 +1,7 @@
 """SASRec speed, side by side: padrec vs RecBole 1.2.1 on the same data, CPU, one run.
 
     python bench/bench_recbole.py --dataset ml-100k --epochs 200 --patience 20 --recbole-epochs 5
-    python bench/bench_recbole.py --dataset amazon-beauty --epochs 3 --recbole-epochs 1   # speed + memory
+    python bench/bench_recbole.py --dataset amazon-beauty --epochs 12 --recbole-epochs 1  # speed + memory
 
 RecBole is installed in its own virtual environment under ``bench/.work/recbole-venv`` (never a
 dependency of padrec; pins from shared/design/PEERS.md). Both libraries train SASRec with the

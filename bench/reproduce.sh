@@ -25,8 +25,8 @@ for g in "${groups[@]}"; do
         for m in sasrec gru4rec bert4rec caser bpr pop; do
           step bench/bench_accuracy.py --dataset "$ds" --model "$m"
         done
-        # NCF scores every (user, item) pair in validation: validate every 5 epochs
-        step bench/bench_accuracy.py --dataset "$ds" --model ncf val_every=5 patience=4
+        # NCF scores every (user, item) pair: validate every 5th epoch on 5,000 seeded users
+        step bench/bench_accuracy.py --dataset "$ds" --model ncf val_every=5 val_users=5000 patience=4
       done ;;
     pad)  # issue 5: PAD vs backbone, 3 seeds, SASRec and GRU4Rec backbones
       for ds in ml-1m amazon-beauty; do
@@ -39,7 +39,7 @@ for g in "${groups[@]}"; do
       done ;;
     speed)  # issue 3: SASRec speed and memory next to RecBole (installs RecBole in its own venv)
       step bench/bench_recbole.py --dataset ml-100k --epochs 200 --patience 20 --recbole-epochs 3
-      step bench/bench_recbole.py --dataset amazon-beauty --epochs 3 --recbole-epochs 1 ;;
+      step bench/bench_recbole.py --dataset amazon-beauty --epochs 12 --recbole-epochs 1 ;;
     *) echo "unknown group $g (backbones pad palr speed)" >&2; exit 2 ;;
   esac
 done
