@@ -94,3 +94,33 @@ def test_patience_counts_validations_not_epochs(ml100k_split, tmp_path):
     # validations after epochs 3, 6, 9; two epochs without validation must not use up patience=2
     _sasrec(max_epochs=9, patience=2, val_every=3, limit_train_batches=0.2).fit(ml100k_split, run_dir=tmp_path)
     assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 9
+
+
+def test_length_buckets_keep_every_user_and_crop_exactly(ml100k_split):
+    import numpy as np
+    import torch
+
+    from padrec.train.trainer import LengthBucketSampler, NextItemBatches, sequence_loader
+
+    lengths = np.random.default_rng(0).integers(1, 300, size=1000)
+    stream = list(LengthBucketSampler(lengths, batch_size=32, window=4))
+    assert sorted(stream) == list(range(1000))  # every user once per epoch
+    batches = [np.array(stream[i : i + 32]) for i in range(0, 1000, 32)]
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 0.5 * np.ptp(lengths)  # a batch holds similar lengths (random batches span ~all)
+
+    rec = _sasrec(length_buckets=True)
+    rec._remember_items(ml100k_split)
+    rec._build()
+    rec.net.eval()
+    loader = sequence_loader(rec, ml100k_split)
+    assert isinstance(loader.sampler, LengthBucketSampler)
+    seqs = ml100k_split.train_sequences()
+    users = [int(u) for u in np.argsort([len(s) for s in seqs], kind="stable")[:3]]  # shortest histories
+    cropped = NextItemBatches(seqs, 50, crop=True)(users)
+    full = NextItemBatches(seqs, 50)(users)
+    assert cropped[0].shape[1] == max(len(seqs[u]) for u in users) - 1 < 49
+    with torch.no_grad():  # dropping all-padding columns changes no loss
+        a, n_a = rec.training_loss(cropped)
+        b, n_b = rec.training_loss(full)
+    assert n_a == n_b and torch.allclose(a, b, atol=1e-5)

@@ -29,6 +29,9 @@ class TrainConfig(Strict):
     val_every: int = Field(default=1, ge=1)  # validate every k epochs (and after the last): for costly scoring
     # validate on a seeded sample of this many users (model selection only; the test always ranks every user)
     val_users: int | None = Field(default=None, ge=1)
+    # sequential models: batch users of similar history length and crop the batch to its longest history
+    # (same examples per epoch, far less padding on short-history data such as Amazon)
+    length_buckets: bool = False
     seed: int = 42
     eval_batch_size: int = 1024
     accelerator: str = "auto"

@@ -19,7 +19,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from padrec.data.split import Split
 from padrec.models.sequential import pad_left
@@ -52,28 +52,34 @@ class _Users(Dataset):
 class NextItemBatches:
     """Collate user ids into (input, target) pairs: each position predicts the following item."""
 
-    def __init__(self, seqs: list[np.ndarray], max_len: int) -> None:
-        self.seqs, self.max_len = seqs, max_len
+    def __init__(self, seqs: list[np.ndarray], max_len: int, crop: bool = False) -> None:
+        self.seqs, self.max_len, self.crop = seqs, max_len, crop
 
     def __call__(self, users: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         chunks = [self.seqs[u][-(self.max_len + 1) :] for u in users]
-        inp = pad_left([c[:-1] for c in chunks], self.max_len)
-        tgt = pad_left([c[1:] for c in chunks], self.max_len)
+        # left padding only: dropping columns that are padding for every row changes no output
+        width = max(1, max(len(c) for c in chunks) - 1) if self.crop else self.max_len
+        inp = pad_left([c[:-1] for c in chunks], width)
+        tgt = pad_left([c[1:] for c in chunks], width)
         return torch.from_numpy(inp), torch.from_numpy(tgt)
 
 
 class MaskedItemBatches:
     """BERT4Rec's cloze task: mask random positions (at least one per user) and predict them."""
 
-    def __init__(self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int) -> None:
-        self.seqs, self.max_len, self.mask_id, self.p = seqs, max_len, mask_id, mask_prob
+    def __init__(
+        self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int, crop: bool = False
+    ) -> None:
+        self.seqs, self.max_len, self.mask_id, self.p, self.crop = seqs, max_len, mask_id, mask_prob, crop
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, users: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        seq = pad_left([self.seqs[u] for u in users], self.max_len)
+        rows = [self.seqs[u] for u in users]
+        width = min(self.max_len, max(1, max(len(r) for r in rows))) if self.crop else self.max_len
+        seq = pad_left(rows, width)
         real = seq > 0
         masked = (self.rng.random(seq.shape) < self.p) & real
-        last = self.max_len - 1
+        last = width - 1
         none = ~masked.any(1)
         masked[none, last] = real[none, last]
         inp = np.where(masked, self.mask_id, seq)
@@ -156,13 +162,46 @@ def sequence_loader(rec: Any, split: Split) -> DataLoader:
     cfg = rec.train_cfg
     seqs = split.train_sequences()
     lengths = np.diff(split.train_offsets)
+    crop = cfg.length_buckets
     if rec.net.bidirectional:
-        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.mask_prob, cfg.seed)
+        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.mask_prob, cfg.seed, crop)
         users = np.flatnonzero(lengths >= 1)
     else:
-        collate = NextItemBatches(seqs, rec.max_len)
+        collate = NextItemBatches(seqs, rec.max_len, crop)
         users = np.flatnonzero(lengths >= 2)
-    return DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    if not cfg.length_buckets:
+        return DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    sampler = LengthBucketSampler(np.minimum(lengths[users], rec.max_len + 1), cfg.batch_size)
+    return DataLoader(_Users(users), batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate)
+
+
+class LengthBucketSampler(Sampler[int]):
+    """Random batches of similar lengths: shuffle, sort each window of ``window`` batches by length,
+    cut it into batches and shuffle the order of the batches. Every index once per epoch; randomness
+    from torch's global generator, so ``seed_everything`` makes epochs reproducible. Under DDP Lightning
+    deals this stream out to the ranks, which keeps neighbouring (similar) lengths together."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, window: int = 50) -> None:
+        self.lengths, self.batch_size, self.window = np.asarray(lengths), batch_size, window
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        order = torch.randperm(len(self.lengths)).numpy()
+        span = self.batch_size * self.window
+        batches: list[np.ndarray] = []
+        for lo in range(0, len(order), span):
+            part = order[lo : lo + span]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        # the loader re-cuts this stream every batch_size indices: the one short batch must come last
+        full = [b for b in batches if len(b) == self.batch_size]
+        for k in torch.randperm(len(full)).tolist():
+            yield from full[k].tolist()
+        for b in batches:
+            if len(b) < self.batch_size:
+                yield from b.tolist()
 
 
 def default_run_dir(dataset: str, model: str) -> Path:
