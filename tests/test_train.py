@@ -115,6 +115,8 @@ def test_length_buckets_keep_every_user_and_crop_exactly(ml100k_split):
     rec.net.eval()
     loader = sequence_loader(rec, ml100k_split)
     assert isinstance(loader.sampler, LengthBucketSampler)
+    per_batch = [int((tgt > 0).sum()) for _, tgt in loader]  # each position weighs alike across batches
+    assert loader.positions_per_batch == pytest.approx(sum(per_batch) / len(per_batch))
     seqs = ml100k_split.train_sequences()
     users = [int(u) for u in np.argsort([len(s) for s in seqs], kind="stable")[:3]]  # shortest histories
     cropped = NextItemBatches(seqs, 50, crop=True)(users)

@@ -100,8 +100,15 @@ class RecLightning(L.LightningModule):
         if resumed and times_path is not None and times_path.is_file():  # a resumed run keeps its history
             self.timings = {k: list(v) for k, v in json.loads(times_path.read_text()).items()}
 
+    #: with length buckets, the expected number of target positions per batch (set by ``train``)
+    positions_per_batch: float | None = None
+
     def training_step(self, batch: Any, _: int) -> torch.Tensor:
         loss, n = self.rec.training_loss(batch)
+        if self.positions_per_batch:
+            # bucketed batches hold very different numbers of targets: weigh every position alike,
+            # as a random batch would in expectation, instead of every batch alike
+            loss = loss * (n / self.positions_per_batch)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         return loss
 
@@ -171,8 +178,12 @@ def sequence_loader(rec: Any, split: Split) -> DataLoader:
         users = np.flatnonzero(lengths >= 2)
     if not cfg.length_buckets:
         return DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    sampler = LengthBucketSampler(np.minimum(lengths[users], rec.max_len + 1), cfg.batch_size)
-    return DataLoader(_Users(users), batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate)
+    kept = np.minimum(lengths[users], rec.max_len + (0 if rec.net.bidirectional else 1))
+    sampler = LengthBucketSampler(kept, cfg.batch_size)
+    loader = DataLoader(_Users(users), batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate)
+    targets = np.maximum(1, rec.mask_prob * kept) if rec.net.bidirectional else kept - 1
+    loader.positions_per_batch = float(targets.sum()) / len(loader)  # type: ignore[attr-defined]
+    return loader
 
 
 class LengthBucketSampler(Sampler[int]):
@@ -255,6 +266,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     last = ckpt_dir / "last.ckpt"
     resumed = bool(resume and last.exists())
     module = RecLightning(rec, split, run_dir / "epoch_times.json", resumed)
+    module.positions_per_batch = getattr(loader, "positions_per_batch", None)
     module.train()  # parts copied from fitted (eval-mode) models must train with dropout on
     t0 = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(last) if resumed else None)
