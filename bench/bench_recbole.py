@@ -156,7 +156,7 @@ def seconds_to_reach(timing: dict, target: float) -> float | None:
     return None
 
 
-def equal_quality(ours: dict, theirs: dict, timing: dict) -> dict:
+def equal_quality(theirs: dict, timing: dict) -> dict:
     """The fair speed number: padrec's time to RecBole's best NDCG@10 against RecBole's time to it."""
     t = seconds_to_reach(timing, theirs["NDCG@10"])
     return {"seconds_to_recbole_best": t, "speedup_to_equal_ndcg": theirs["seconds_to_best"] / t if t else None}
@@ -227,7 +227,7 @@ def main() -> None:
     theirs = run_recbole(args.dataset, rb_epochs, min(patience, rb_epochs), args.threads)
     print(f"recbole: {theirs}", flush=True)
     ratio = theirs["seconds_per_epoch"] / ours["seconds_per_epoch"]
-    ours.update(equal_quality(ours, theirs, _padrec_timing(args.dataset)))
+    ours.update(equal_quality(theirs, _padrec_timing(args.dataset)))
     budget = (
         f"padrec up to {args.epochs} epochs, early stopping after {patience} without a better valid NDCG@10"
         if patience < args.epochs
@@ -283,7 +283,7 @@ def rescore(path: Path, dataset: str) -> None:
     if {"sasrec", "recbole-sasrec"} - set(by):
         raise SystemExit(f"{path}: no finished padrec + RecBole records for {dataset}")
     ours, theirs = by["sasrec"]["metrics"], by["recbole-sasrec"]["metrics"]
-    ours.update(equal_quality(ours, theirs, _padrec_timing(dataset)))
+    ours.update(equal_quality(theirs, _padrec_timing(dataset)))
     by["sasrec"]["note"] = by["sasrec"]["note"].split("; at equal NDCG@10")[0] + _equal_note(ours, theirs)
     write_bench("speed_recbole", records, markdown(records))
     print(markdown(records))

@@ -176,7 +176,7 @@ def sequence_loader(rec: Any, split: Split) -> DataLoader:
     else:
         collate = NextItemBatches(seqs, rec.max_len, crop)
         users = np.flatnonzero(lengths >= 2)
-    if not cfg.length_buckets:
+    if not crop:
         return DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
     kept = np.minimum(lengths[users], rec.max_len + (0 if rec.net.bidirectional else 1))
     sampler = LengthBucketSampler(kept, cfg.batch_size)
