@@ -156,3 +156,27 @@ def test_bert4rec_pad_adds_items_before_its_mask_row(toy, tmp_path):
     rec.save(tmp_path / "grown")
     assert torch.allclose(Recommender.load(tmp_path / "grown").score(hist), after, atol=1e-6)
     assert out.pad is not None
+
+
+def test_half_finished_pipeline_reuses_finished_stages_and_runs_the_rest(pad_run, toy, tmp_path):
+    """A run interrupted after stage 2: the rerun loads pretrain/embed/align and trains only stage 3."""
+    import shutil
+
+    split, _ = toy
+    half = tmp_path / "half"
+    shutil.copytree(pad_run.run_dir, half, ignore=shutil.ignore_patterns("pad"))
+    aligned_before = (half / "align" / "model.pt").read_bytes()
+    out = run_pad(split, half, overrides=FAST, evaluate=False)
+    assert out.skipped == ["pretrain", "embed", "align"]
+    assert (half / "pad" / "model.pt").exists() and out.pad is not None
+    assert (half / "align" / "model.pt").read_bytes() == aligned_before  # finished stages are not rewritten
+
+
+def test_gru4rec_backbone_runs_every_stage(toy, tmp_path):
+    split, text = toy
+    fast = {**FAST, "backbone.max_epochs": 2, "max_epochs": 2}
+    out = run_pad(split, tmp_path / "gru", backbone="gru4rec", overrides=fast, text=text)
+    assert set(out.results) == {"gru4rec", "aligned", "pad-gru4rec"}
+    assert out.pad.net.names == ("collab", "aligned", "text")
+    scores = out.pad.score(split.histories("test")[:3])
+    assert scores.shape == (3, split.n_items + 1) and torch.isfinite(scores[:, 1:]).all()
