@@ -167,6 +167,25 @@ def _merge(new: list[dict]) -> None:
     keys = {(r["task"], r["dataset"], r["model"]) for r in new}
     records = [r for r in old if (r["task"], r["dataset"], r["model"]) not in keys] + new
     write_bench("pad", records, _markdown(records))
+    for dataset in sorted({r["dataset"] for r in new}):
+        _plot(records, dataset)
+
+
+def _plot(records: list[dict], dataset: str) -> Path:
+    """``results/pad_<dataset>.png``: NDCG@10 per popularity bin, every accuracy record, ± std over seeds."""
+    from padrec.eval.plots import plot_groups
+
+    rows = [r for r in records if r["task"] == "accuracy" and r["dataset"] == dataset]
+    groups = ["overall", "cold", "warm", *(f"bin{i}" for i in range(1, 11))]
+
+    def pick(r: dict, key: str) -> dict[str, float]:
+        src = {"overall": r["metrics"], **r.get("groups", {})}
+        return {g: src[g][key] for g in groups if key in src.get(g, {})}
+
+    series = {f"{r['model']} ({len(r['seeds'])} seeds)": pick(r, "NDCG@10") for r in rows}
+    errors = {f"{r['model']} ({len(r['seeds'])} seeds)": pick(r, "NDCG@10_std") for r in rows}
+    title = f"{dataset}: NDCG@10 per item-popularity bin (bin1 = most popular), full ranking"
+    return plot_groups(series, ROOT / "results" / f"pad_{dataset}.png", groups, errors, title=title)
 
 
 def _markdown(records: list[dict]) -> str:

@@ -264,6 +264,8 @@ def pad(
         typer.echo(json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2))
     else:
         typer.echo(comparison_table(out.results))
+        if (run_dir / "bins.png").exists():
+            typer.echo(f"per-bin plot: {run_dir / 'bins.png'}")
 
 
 def _register_extras() -> None:

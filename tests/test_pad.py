@@ -103,6 +103,18 @@ def test_table_has_backbone_aligned_and_pad(pad_run):
     assert "cold" in table and "bin1" in table
 
 
+def test_pipeline_plots_every_bin_and_plot_rejects_empty_input(pad_run, tmp_path):
+    from padrec.eval.plots import plot_groups
+
+    png = (pad_run.run_dir / "bins.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    with pytest.raises(ValueError, match="at least one series"):
+        plot_groups({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="at least one group"):
+        plot_groups({"a": {}}, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_new_item_with_text_gets_a_finite_score_and_can_enter_the_top_k(pad_run, toy, tmp_path):
     split, text = toy
     rec = Recommender.load(pad_run.run_dir / "pad")

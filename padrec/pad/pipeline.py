@@ -7,6 +7,7 @@ PAD under one protocol, overall and per popularity bin.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -173,7 +174,25 @@ def run_pad(
         atomic_write_text(
             run_dir / "results.json", json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2)
         )
+        if importlib.util.find_spec("matplotlib") is not None:
+            plot_bins(out.results, run_dir / "bins.png")
+        else:
+            log.info("matplotlib not installed (pip install 'padrec[plot]'): no bins.png")
     return out
+
+
+def plot_bins(results: dict[str, Results], path: str | Path, metric: str = "NDCG@10") -> Path:
+    """Bar chart of ``metric`` per popularity bin (+ overall, cold, warm), one bar per model."""
+    from padrec.eval.plots import plot_groups
+
+    first = next(iter(results.values()))
+    groups = ["overall", "cold", "warm", *[g for g in first.groups if g.startswith("bin") or g == "unseen"]]
+    series = {
+        name: {g: (r.overall if g == "overall" else r.groups.get(g, {})).get(metric, float("nan")) for g in groups}
+        for name, r in results.items()
+    }
+    title = f"{first.dataset}: {metric} per item-popularity bin (bin1 = most popular), {first.protocol}"
+    return plot_groups(series, path, groups=groups, ylabel=metric, title=title)
 
 
 def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, Any]:
