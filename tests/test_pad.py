@@ -192,3 +192,25 @@ def test_gru4rec_backbone_runs_every_stage(toy, tmp_path):
     assert out.pad.net.names == ("collab", "aligned", "text")
     scores = out.pad.score(split.histories("test")[:3])
     assert scores.shape == (3, split.n_items + 1) and torch.isfinite(scores[:, 1:]).all()
+
+
+def test_expert_loss_adds_each_experts_own_cross_entropy(pad_run, toy):
+    import torch.nn.functional as F
+
+    split, _ = toy
+    rec = Recommender.load(pad_run.run_dir / "pad")
+    inp, tgt = next(iter(rec.train_loader(split)))
+    rec.net.eval()  # no dropout: both losses see the same network
+    with torch.no_grad():
+        base, n = rec.training_loss((inp, tgt))
+        rec.params = rec.params.model_copy(update={"expert_loss": 0.5})
+        with_aux, n2 = rec.training_loss((inp, tgt))
+        tables = rec.net.tables()
+        keep = tgt > 0
+        own = [
+            F.cross_entropy(part[:, 1:], tgt[keep] - 1)
+            for part in rec.net.expert_logits([h[keep] for h in rec.net.hidden(inp, tables)], tables)
+        ]
+    assert n == n2 == int(keep.sum())
+    assert with_aux.item() == pytest.approx(base.item() + 0.5 * sum(o.item() for o in own), rel=1e-5)
+    assert all(o.item() > 0 for o in own) and len(own) == 3

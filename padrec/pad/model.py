@@ -212,11 +212,19 @@ class PADNet(nn.Module):
         tables = self.tables() if tables is None else tables
         return [self.experts[k].encode(seqs, t) for k, t in zip(self.names, tables, strict=True)]
 
+    def expert_logits(self, hidden: Sequence[torch.Tensor], tables: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each expert's scores against every item: ``n_experts`` × ``[N, n_items + 1]``."""
+        n = self.n_items + 1
+        return [h @ t[:n].T for h, t in zip(hidden, tables, strict=True)]
+
+    def mix(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Gated sum of per-expert scores: s(u,i) = Σ_k w_k(bin(i)) · part_k(u,i)."""
+        w = self.item_weights()
+        return sum(w[k] * part for k, part in enumerate(parts))
+
     def fused_scores(self, hidden: Sequence[torch.Tensor], tables: Sequence[torch.Tensor]) -> torch.Tensor:
         """Gated sum of the experts' scores against every item: ``[N, n_items + 1]``."""
-        w = self.item_weights()
-        n = self.n_items + 1
-        return sum(w[k] * (h @ t[:n].T) for k, (h, t) in enumerate(zip(hidden, tables, strict=True)))
+        return self.mix(self.expert_logits(hidden, tables))
 
     def expert_scores(self, seqs: torch.Tensor) -> list[torch.Tensor]:
         tables = self.tables()

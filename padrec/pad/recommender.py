@@ -37,6 +37,7 @@ class PADConfig(Strict):
     learn_gates: bool = True
     n_bins: int = 10
     mmd_max_items: int = 512
+    expert_loss: float = 0.0
 
 
 def bins_for_gates(popularity_bins: np.ndarray, n_bins: int) -> torch.Tensor:
@@ -232,9 +233,14 @@ class PAD(_PADStage):
         tables = net.tables()
         keep = tgt > 0
         hidden = [h[keep] for h in net.hidden(inp, tables)]
-        logits = net.fused_scores(hidden, tables)
-        logits[:, 0] = torch.finfo(logits.dtype).min
-        return F.cross_entropy(logits, tgt[keep]), int(keep.sum())
+        parts = net.expert_logits(hidden, tables)
+        target = tgt[keep]
+        loss = _ce_without_padding(net.mix(parts), target)
+        if self.params.expert_loss > 0:
+            # each expert must also rank well on its own: otherwise a fresh expert (text) only learns a
+            # residual on top of the pre-trained one and is useless exactly where its gate is large
+            loss = loss + self.params.expert_loss * sum(_ce_without_padding(p, target) for p in parts)
+        return loss, int(keep.sum())
 
     can_add_items = True
 
@@ -311,6 +317,11 @@ class PAD(_PADStage):
         with evaluating(self.net):
             out = self.net.score(self.query(histories))
         return out.float()
+
+
+def _ce_without_padding(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over all items; column 0 (padding) is never a candidate (targets are ≥ 1)."""
+    return F.cross_entropy(logits[:, 1:], target - 1)
 
 
 def _copy_module(m: nn.Module) -> nn.Module:
