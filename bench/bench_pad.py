@@ -24,6 +24,8 @@ import torch
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
+from padrec.eval.evaluator import Evaluator
+from padrec.eval.protocol import Protocol
 from padrec.eval.report import git_commit, write_bench
 from padrec.models import Recommender
 from padrec.pad.pipeline import comparison_table, run_pad
@@ -72,6 +74,20 @@ def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 9) -> di
     return {"backbone_ms": 1000 * b, "pad_ms": 1000 * p, "ratio": p / b, "batch": batch}
 
 
+def expert_breakdown(pad, split) -> dict[str, float]:
+    """Test NDCG@10 of each expert alone (overall and cold), and the learned gate weights (bin1, bin10)."""
+    ev = Evaluator(split, Protocol())
+    out: dict[str, float] = {}
+    for k, name in enumerate(pad.net.names):
+        with pad.net.only(name):
+            res = ev.run(pad, stage="test")
+        out[f"expert_{name}_NDCG@10"] = res.overall["NDCG@10"]
+        out[f"expert_{name}_cold_NDCG@10"] = res.groups["cold"]["NDCG@10"]
+        w = pad.net.gate_weights().detach()
+        out[f"gate_{name}_bin1"], out[f"gate_{name}_bin10"] = float(w[k, 0]), float(w[k, -1])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="amazon-beauty")
@@ -114,6 +130,7 @@ def main() -> None:
     pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
     new = [_mean_record(pad_name, pad_res, args.dataset, args.seeds, note)]
     new[0]["metrics"].update(_concordance(runs[0].run_dir))
+    new[0]["metrics"].update(expert_breakdown(runs[0].pad, split))
     if not args.variant:
         new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
         new.append(_speed_record(args.dataset, pad_name, args.seeds, cost))
@@ -219,6 +236,17 @@ def _markdown(records: list[dict]) -> str:
                 f"{m['concordance_after_overlap_at_k']:.4f}, Spearman {m['concordance_before_spearman']:.4f} → "
                 f"{m['concordance_after_spearman']:.4f}"
             )
+    for r in records:
+        m = r["metrics"]
+        if r["task"] == "accuracy" and "expert_collab_NDCG@10" in m:
+            names = [k.split("_")[1] for k in m if k.startswith("expert_") and k.endswith("_cold_NDCG@10")]
+            parts = ", ".join(
+                f"{n} {m[f'expert_{n}_NDCG@10']:.4f} (cold {m[f'expert_{n}_cold_NDCG@10']:.4f}, "
+                f"gate bin1 {m[f'gate_{n}_bin1']:.2f} / bin10 {m[f'gate_{n}_bin10']:.2f})"
+                for n in names
+            )
+            who = f"{r['dataset']} {r['model']}"
+            lines.append(f"- {who} each expert alone, test NDCG@10 (seed {r['seeds'][0]}): {parts}")
     lines.append("\nServing cost:")
     for r in records:
         if r["task"] == "speed":

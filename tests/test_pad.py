@@ -214,3 +214,16 @@ def test_expert_loss_adds_each_experts_own_cross_entropy(pad_run, toy):
     assert n == n2 == int(keep.sum())
     assert with_aux.item() == pytest.approx(base.item() + 0.5 * sum(o.item() for o in own), rel=1e-5)
     assert all(o.item() > 0 for o in own) and len(own) == 3
+
+
+def test_only_scores_with_one_expert_and_restores_the_gates(pad_run, toy):
+    split, _ = toy
+    rec = Recommender.load(pad_run.run_dir / "pad")
+    seqs = rec.query(split.histories("test")[:4])
+    before = rec.score(split.histories("test")[:4])
+    with torch.no_grad():
+        parts = rec.net.expert_scores(seqs)
+    for k, name in enumerate(rec.net.names):
+        with rec.net.only(name):
+            assert torch.allclose(rec.score(split.histories("test")[:4]), parts[k], atol=1e-5)
+    assert torch.allclose(rec.score(split.histories("test")[:4]), before)

@@ -8,7 +8,8 @@ tables and three encoder passes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -195,6 +196,20 @@ class PADNet(nn.Module):
                 fused = torch.cat([w[k, :, None] * t[:n] for k, t in enumerate(tables)], dim=1)
             self._serving = (tables, fused)
         return self._serving
+
+    @contextmanager
+    def only(self, expert: str) -> Iterator[None]:
+        """Score with one expert alone (its gate weight 1, the others 0): how good is each expert by itself?"""
+        k = self.names.index(expert)
+        saved = self.gates.data.clone()
+        self.gates.data.fill_(-1e4)
+        self.gates.data[k] = 1e4
+        self.invalidate()
+        try:
+            yield
+        finally:
+            self.gates.data.copy_(saved)
+            self.invalidate()
 
     def gate_weights(self) -> torch.Tensor:
         """``[n_experts, n_bins]``: sum-normalised sigmoids of the gate logits."""
