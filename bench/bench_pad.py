@@ -193,14 +193,22 @@ def _plot(records: list[dict], dataset: str) -> Path:
     from padrec.eval.plots import plot_groups
 
     rows = [r for r in records if r["task"] == "accuracy" and r["dataset"] == dataset]
+
+    # each backbone, then its PAD rows: sasrec, pad-sasrec, pad-sasrec-aux, gru4rec, pad-gru4rec
+    def order(r: dict) -> tuple:
+        base = r["model"].removeprefix("pad-").split("-")[0]
+        return (base != "sasrec", base, r["model"] != base, r["model"])
+
+    rows.sort(key=order)
     groups = ["overall", "cold", "warm", *(f"bin{i}" for i in range(1, 11))]
 
     def pick(r: dict, key: str) -> dict[str, float]:
         src = {"overall": r["metrics"], **r.get("groups", {})}
         return {g: src[g][key] for g in groups if key in src.get(g, {})}
 
-    series = {f"{r['model']} ({len(r['seeds'])} seeds)": pick(r, "NDCG@10") for r in rows}
-    errors = {f"{r['model']} ({len(r['seeds'])} seeds)": pick(r, "NDCG@10_std") for r in rows}
+    label = {id(r): f"{r['model']} ({len(r['seeds'])} seed{'s' if len(r['seeds']) > 1 else ''})" for r in rows}
+    series = {label[id(r)]: pick(r, "NDCG@10") for r in rows}
+    errors = {label[id(r)]: pick(r, "NDCG@10_std") for r in rows}
     title = f"{dataset}: NDCG@10 per item-popularity bin (bin1 = most popular), full ranking"
     return plot_groups(series, ROOT / "results" / f"pad_{dataset}.png", groups, errors, title=title)
 

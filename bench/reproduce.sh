@@ -30,8 +30,13 @@ for g in "${groups[@]}"; do
       done ;;
     pad)  # issue 5: PAD vs backbone, 3 seeds, SASRec and GRU4Rec backbones
       for ds in ml-1m amazon-beauty; do
-        step bench/bench_pad.py --dataset "$ds" --backbone sasrec --seeds 0 1 2 --pretrained "$RUNS/$ds/sasrec"
-        step bench/bench_pad.py --dataset "$ds" --backbone gru4rec --seeds 0 1 2 --pretrained "$RUNS/$ds/gru4rec"
+        step bench/bench_pad.py --dataset "$ds" --backbone sasrec --seeds 0 1 2 --pretrained "$RUNS/$ds/sasrec" \
+          length_buckets=true patience=5
+        step bench/bench_pad.py --dataset "$ds" --backbone gru4rec --seeds 0 1 2 --pretrained "$RUNS/$ds/gru4rec" \
+          length_buckets=true patience=5
+        # ablation: every expert also trained on its own cross-entropy
+        step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant aux --seeds 0 1 2 \
+          --pretrained "$RUNS/$ds/sasrec" expert_loss=1.0 length_buckets=true patience=5
       done ;;
     palr)  # issue 6: zero-shot, v1, v2 (+ upper bounds) next to the SASRec retriever
       for ds in ml-1m amazon-beauty; do
