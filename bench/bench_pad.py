@@ -78,12 +78,12 @@ def expert_breakdown(pad, split) -> dict[str, float]:
     """Test NDCG@10 of each expert alone (overall and cold), and the learned gate weights (bin1, bin10)."""
     ev = Evaluator(split, Protocol())
     out: dict[str, float] = {}
+    w = pad.net.gate_weights().detach()
     for k, name in enumerate(pad.net.names):
         with pad.net.only(name):
             res = ev.run(pad, stage="test")
         out[f"expert_{name}_NDCG@10"] = res.overall["NDCG@10"]
         out[f"expert_{name}_cold_NDCG@10"] = res.groups["cold"]["NDCG@10"]
-        w = pad.net.gate_weights().detach()
         out[f"gate_{name}_bin1"], out[f"gate_{name}_bin10"] = float(w[k, 0]), float(w[k, -1])
     return out
 

@@ -243,8 +243,7 @@ class PADNet(nn.Module):
 
     def expert_scores(self, seqs: torch.Tensor) -> list[torch.Tensor]:
         tables = self.tables()
-        n = self.n_items + 1
-        return [h[:, -1] @ t[:n].T for h, t in zip(self.hidden(seqs, tables), tables, strict=True)]
+        return self.expert_logits([h[:, -1] for h in self.hidden(seqs, tables)], tables)
 
     def score(self, seqs: torch.Tensor) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():

@@ -181,16 +181,22 @@ def run_pad(
     return out
 
 
+def _report_groups(res: Results) -> list[str]:
+    """Rows of PAD's report: overall, cold, warm, then every popularity bin (and unseen) in order."""
+    return ["overall", "cold", "warm", *[g for g in res.groups if g.startswith("bin") or g == "unseen"]]
+
+
+def _group(res: Results, group: str) -> dict[str, float]:
+    return res.overall if group == "overall" else res.groups.get(group, {})
+
+
 def plot_bins(results: dict[str, Results], path: str | Path, metric: str = "NDCG@10") -> Path:
     """Bar chart of ``metric`` per popularity bin (+ overall, cold, warm), one bar per model."""
     from padrec.eval.plots import plot_groups
 
     first = next(iter(results.values()))
-    groups = ["overall", "cold", "warm", *[g for g in first.groups if g.startswith("bin") or g == "unseen"]]
-    series = {
-        name: {g: (r.overall if g == "overall" else r.groups.get(g, {})).get(metric, float("nan")) for g in groups}
-        for name, r in results.items()
-    }
+    groups = _report_groups(first)
+    series = {name: {g: _group(r, g).get(metric, float("nan")) for g in groups} for name, r in results.items()}
     title = f"{first.dataset}: {metric} per item-popularity bin (bin1 = most popular), {first.protocol}"
     return plot_groups(series, path, groups=groups, ylabel=metric, title=title)
 
@@ -219,7 +225,7 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
     """One table: rows = overall, cold, warm and bin1..bin10 (+unseen); columns = model × metric."""
     names = list(results)
     first = next(iter(results.values()))
-    rows = ["overall", "cold", "warm", *[g for g in first.groups if g.startswith("bin") or g == "unseen"]]
+    rows = _report_groups(first)
     head = ["group", "users", *[f"{n} {m}" for n in names for m in metrics]]
     widths = [max(8, len(h)) for h in head]
     lines = [
@@ -228,7 +234,7 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
     ]
     for g in rows:
         cells = [g]
-        src = {n: (r.overall if g == "overall" else r.groups.get(g, {})) for n, r in results.items()}
+        src = {n: _group(r, g) for n, r in results.items()}
         users = first.n_users if g == "overall" else int(first.groups.get(g, {}).get("users", 0))
         cells.append(str(users))
         for n in names:
@@ -239,8 +245,7 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
     if len(names) >= 2:
         base, last = results[names[0]], results[names[-1]]
         for g in ("overall", "cold"):
-            a = base.overall if g == "overall" else base.groups.get(g, {})
-            b = last.overall if g == "overall" else last.groups.get(g, {})
+            a, b = _group(base, g), _group(last, g)
             if a.get("NDCG@10"):
                 lines.append(
                     f"{names[-1]} vs {names[0]} NDCG@10 on {g}: {100 * (b['NDCG@10'] / a['NDCG@10'] - 1):+.1f}%"
