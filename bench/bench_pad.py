@@ -131,6 +131,10 @@ def main() -> None:
     new = [_mean_record(pad_name, pad_res, args.dataset, args.seeds, note)]
     new[0]["metrics"].update(_concordance(runs[0].run_dir))
     new[0]["metrics"].update(expert_breakdown(runs[0].pad, split))
+    if "text-only" in runs[0].results:  # text_init=pretrain: the text tower alone, before stage 3
+        tower = runs[0].results["text-only"]
+        new[0]["metrics"]["text_tower_NDCG@10"] = tower.overall["NDCG@10"]
+        new[0]["metrics"]["text_tower_cold_NDCG@10"] = tower.groups["cold"]["NDCG@10"]
     if not args.variant:
         new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
         new.append(_speed_record(args.dataset, pad_name, args.seeds, cost))

@@ -1,8 +1,9 @@
-"""PAD end to end: pre-train → embed → align → disentangle, each stage reused when already in the run dir.
+"""PAD end to end: pre-train → embed → align → [text expert] → disentangle, finished stages reused.
 
 A stage is finished when its sub-directory holds ``model.pt`` and ``train.json``; an interrupted stage
-resumes from its ``checkpoints/last.ckpt``. The final table compares the backbone, the aligned tower and
-PAD under one protocol, overall and per popularity bin.
+resumes from its ``checkpoints/last.ckpt``. The text-expert stage runs only with ``text_init=pretrain``.
+The final table compares the backbone, the aligned tower (and the text-only tower) and PAD under one
+protocol, overall and per popularity bin.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.results import Results
 from padrec.models.base import Recommender, get_model_class
-from padrec.pad.recommender import PAD, PADAligned
+from padrec.pad.recommender import PAD, PADAligned, PADText
 from padrec.train.config import resolve
 from padrec.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
-STAGES = ("pretrain", "embed", "align", "pad")
+STAGES = ("pretrain", "embed", "align", "text-expert", "pad")
 
 
 def stage_done(path: Path) -> bool:
@@ -40,6 +41,7 @@ class PADRun:
     run_dir: Path
     backbone: Recommender | None = None
     aligned: PADAligned | None = None
+    text_expert: PADText | None = None
     pad: PAD | None = None
     text: np.ndarray | None = None
     skipped: list[str] = field(default_factory=list)
@@ -127,6 +129,17 @@ def run_pad(
         out.aligned = PADAligned(params=params, train=stage_train, backbone=backbone, encoder=encoder)
         out.aligned.fit(split, out.backbone, out.text, run_dir=al, resume=(al / "checkpoints" / "last.ckpt").exists())
 
+    # Optional: the text-only expert trained alone before the mixture
+    te = run_dir / "text-expert"
+    if stage_done(te):
+        out.text_expert = Recommender.load(te)
+        out.skipped.append("text-expert")
+    elif params.get("text_init") == "pretrain" and "text" in params.get("experts", ("text",)):
+        out.text_expert = PADText(params=params, train=stage_train, backbone=backbone, encoder=encoder)
+        out.text_expert.fit(
+            split, out.backbone, out.text, run_dir=te, resume=(te / "checkpoints" / "last.ckpt").exists()
+        )
+
     # Stage 3: disentangle
     pd_dir = run_dir / "pad"
     if stage_done(pd_dir):
@@ -141,6 +154,7 @@ def run_pad(
             out.aligned,
             run_dir=pd_dir,
             resume=(pd_dir / "checkpoints" / "last.ckpt").exists(),
+            text_expert=out.text_expert,
         )
     atomic_write_text(
         run_dir / "pad.json",
@@ -165,6 +179,7 @@ def run_pad(
         for label, model in (
             (backbone, out.backbone),
             ("aligned", out.aligned),
+            ("text-only", out.text_expert),
             (f"pad-{backbone}", out.pad),
         ):
             if model is not None:

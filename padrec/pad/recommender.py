@@ -1,4 +1,5 @@
-"""PAD's stages as recommenders: ``pad-align`` (stage 2 tower) and ``pad`` (stage 3 triple experts).
+"""PAD's stages as recommenders: ``pad-align`` (stage 2 tower), ``pad-text`` (optional text-only
+pre-training of the third expert) and ``pad`` (stage 3 triple experts).
 
 Both wrap a trained backbone (any :class:`SequentialRecommender`) and a fixed text table, train with
 the shared Lightning loop, and save/load like every other model (state dict + JSON config; the text
@@ -38,6 +39,9 @@ class PADConfig(Strict):
     n_bins: int = 10
     mmd_max_items: int = 512
     expert_loss: float = 0.0
+    # "fresh": the text expert starts untrained in stage 3 (reference). "pretrain": it is first trained
+    # alone as a text-only recommender (stage ``text-expert``), like the other two experts are.
+    text_init: Literal["fresh", "pretrain"] = "fresh"
 
 
 def bins_for_gates(popularity_bins: np.ndarray, n_bins: int) -> torch.Tensor:
@@ -117,15 +121,8 @@ class _PADStage(Recommender):
         train(self, split, run_dir=run_dir, resume=resume)
 
 
-@register("pad-align")
-class PADAligned(_PADStage):
-    """Stage 2: the aligned tower trained with recommendation loss + λ·alignment(g(t), e)."""
-
-    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
-        backbone = backbone or self._template_backbone()
-        text = text if text is not None else torch.zeros(self.n_items + 1, self.config["text_dim"])
-        p = self.params
-        self.net = AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout, p.freeze_copy)
+class _Tower(_PADStage):
+    """A single (item table, encoder) tower over the text buffer, trained with the recommendation loss."""
 
     def fit(
         self,
@@ -134,7 +131,7 @@ class PADAligned(_PADStage):
         text: np.ndarray,
         run_dir: Any = None,
         resume: bool = False,
-    ) -> PADAligned:
+    ) -> _Tower:
         self._remember_items(split)
         self._describe(backbone, text)
         torch.manual_seed(self.train_cfg.seed)
@@ -142,14 +139,45 @@ class PADAligned(_PADStage):
         self._fit(split, run_dir, resume)
         return self
 
+    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
+        raise NotImplementedError
+
+    def _rec_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        inp, tgt = batch
+        table = self.net.all_vectors()
+        hidden = self.net.encode(inp, table)
+        keep = tgt > 0
+        cfg = self.train_cfg
+        loss = rec_loss(hidden[keep], tgt[keep], table[: self.net.n_items + 1], cfg.loss, cfg.n_negatives)
+        return loss, int(keep.sum())
+
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        return self._rec_loss(batch)
+
+    @torch.inference_mode()
+    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        net = self.net
+        with evaluating(net):
+            table = net.all_vectors()
+            users = net.encode(self.query(histories), table)[:, -1]
+        return (users @ table[: net.n_items + 1].T).float()
+
+
+@register("pad-align")
+class PADAligned(_Tower):
+    """Stage 2: the aligned tower trained with recommendation loss + λ·alignment(g(t), e)."""
+
+    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
+        backbone = backbone or self._template_backbone()
+        text = text if text is not None else torch.zeros(self.n_items + 1, self.config["text_dim"])
+        p = self.params
+        self.net = AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout, p.freeze_copy)
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        loss, n = self._rec_loss(batch)
         inp, tgt = batch
         net: AlignedNet = self.net
-        table = net.all_vectors()
-        hidden = net.encode(inp, table)
-        keep = tgt > 0
-        cfg, p = self.train_cfg, self.params
-        loss = rec_loss(hidden[keep], tgt[keep], table[: net.n_items + 1], cfg.loss, cfg.n_negatives)
+        p = self.params
         if p.lam > 0:
             items = torch.unique(torch.cat([inp.flatten(), tgt.flatten()]))
             items = items[(items > 0) & (items <= net.n_items)]  # never padding or the mask token
@@ -159,20 +187,27 @@ class PADAligned(_PADStage):
                 g = net.adapter(net.text[items])
                 e = net.items(items)
                 loss = loss + p.lam * alignment_loss(g, e, p.alignment, p.kernel, p.alphas, p.temperature)
-        return loss, int(keep.sum())
-
-    @torch.inference_mode()
-    def score(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        net: AlignedNet = self.net
-        with evaluating(net):
-            table = net.all_vectors()
-            users = net.encode(self.query(histories), table)[:, -1]
-        return (users @ table[: net.n_items + 1].T).float()
+        return loss, n
 
     def text_space(self) -> np.ndarray:
         """g(t) for every item: the adapted text vectors compared with the id table in the analysis."""
         with torch.inference_mode(), evaluating(self.net):
             return self.net.adapter(self.net.text[: self.n_items + 1]).numpy()
+
+
+@register("pad-text")
+class PADText(_Tower):
+    """Optional stage before 3: the text-only expert (adapter + fresh encoder) trained alone.
+
+    A fresh text expert trained only through the gated mixture learns a residual on top of the
+    pre-trained collaborative expert and is poor on its own, exactly where its gate is large (cold
+    items). Pre-training it alone gives it the same head start the other two experts have.
+    """
+
+    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
+        backbone = backbone or self._template_backbone()
+        text = text if text is not None else torch.zeros(self.n_items + 1, self.config["text_dim"])
+        self.net = TextNet(backbone, text, self.params.adapter_layers, self.params.adapter_dropout)
 
 
 @register("pad")
@@ -201,6 +236,7 @@ class PAD(_PADStage):
         aligned: PADAligned | None = None,
         run_dir: Any = None,
         resume: bool = False,
+        text_expert: PADText | None = None,
     ) -> PAD:
         self._remember_items(split)
         self._describe(backbone, text)
@@ -210,12 +246,18 @@ class PAD(_PADStage):
             raise ValueError(f"unknown experts {sorted(unknown)}; choose from {EXPERTS}")
         if "aligned" in p.experts and aligned is None:
             raise ValueError("the aligned expert needs the stage-2 model (pad-align)")
+        if "text" in p.experts and p.text_init == "pretrain" and text_expert is None:
+            raise ValueError("text_init='pretrain' needs the pre-trained text expert (pad-text)")
         torch.manual_seed(self.train_cfg.seed)
         t = torch.as_tensor(text)
         makers = {
             "collab": lambda: CollabNet(backbone.net),
             "aligned": lambda: _copy_module(aligned.net),
-            "text": lambda: TextNet(backbone.net, t, p.adapter_layers, p.adapter_dropout),
+            "text": lambda: (
+                _copy_module(text_expert.net)
+                if p.text_init == "pretrain"
+                else TextNet(backbone.net, t, p.adapter_layers, p.adapter_dropout)
+            ),
         }
         experts = {k: makers[k]() for k in p.experts}
         self._build(experts, bins_for_gates(split.popularity_bins, p.n_bins))
