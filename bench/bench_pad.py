@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variant", default="", help="ablation label, e.g. 'nolam' -> model pad-sasrec-nolam")
     ap.add_argument("--pretrained", type=Path, help="an existing backbone run dir to reuse for every seed")
+    ap.add_argument("--encoder", default="minilm", help="text encoder: minilm, mpnet or a model folder")
     ap.add_argument("--note", default="")
     ap.add_argument("--serving-only", action="store_true", help="re-time serving of the first seed's finished run")
     ap.add_argument("overrides", nargs="*")
@@ -116,7 +117,7 @@ def main() -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(args.pretrained, run_dir / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
         seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **overrides}
-        out = run_pad(split, run_dir, backbone=args.backbone, overrides=seeded)
+        out = run_pad(split, run_dir, backbone=args.backbone, encoder=args.encoder, overrides=seeded)
         print(comparison_table(out.results), flush=True)
         base_res.append(out.results[args.backbone])
         pad_res.append(out.results[f"pad-{args.backbone}"])
@@ -124,7 +125,7 @@ def main() -> None:
     cost = serving_cost(runs[0].backbone, runs[0].pad, split)
     epochs = {k: json.loads((runs[0].run_dir / k / "train.json").read_text()).get("epochs") for k in ("align", "pad")}
     note = (
-        f"{args.note}; full ranking, history masked; early stopping on valid NDCG@10; "
+        f"{args.note}; encoder {args.encoder}; full ranking, history masked; early stopping on valid NDCG@10; "
         f"stage epochs (seed {args.seeds[0]}): {epochs}; overrides {overrides}; serving {cost}"
     ).strip("; ")
     pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
