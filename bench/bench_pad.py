@@ -259,6 +259,11 @@ def _markdown(records: list[dict]) -> str:
                 for n in names
             )
             who = f"{r['dataset']} {r['model']}"
+            if "text_tower_NDCG@10" in m:
+                parts += (
+                    f"; text tower trained alone, before stage 3: {m['text_tower_NDCG@10']:.4f} "
+                    f"(cold {m['text_tower_cold_NDCG@10']:.4f})"
+                )
             lines.append(f"- {who} each expert alone, test NDCG@10 (seed {r['seeds'][0]}): {parts}")
     lines.append("\nServing cost:")
     for r in records:
