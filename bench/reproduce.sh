@@ -37,6 +37,16 @@ for g in "${groups[@]}"; do
         # ablation: every expert also trained on its own cross-entropy
         step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant aux --seeds 0 1 2 \
           --pretrained "$RUNS/$ds/sasrec" expert_loss=1.0 length_buckets=true patience=5
+        # ablations from config (one shared backbone): text expert pre-trained alone, mpnet text vectors
+        # (`make mpnet` first), fixed gates, two experts, no alignment, InfoNCE instead of MK-MMD
+        for v in "textpre text_init=pretrain" "fixedgates learn_gates=false" "2experts experts=[collab,text]" \
+                 "nolam lam=0" "infonce alignment=infonce"; do
+          read -r name over <<< "$v"
+          step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant "$name" --seeds 0 1 2 \
+            --pretrained "$RUNS/$ds/sasrec" "$over" length_buckets=true patience=5
+        done
+        step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant mpnet --encoder mpnet --seeds 0 1 2 \
+          --pretrained "$RUNS/$ds/sasrec" text_init=pretrain length_buckets=true patience=5
       done ;;
     palr)  # issue 6: zero-shot, v1, v2 (+ upper bounds) next to the SASRec retriever
       for ds in ml-1m amazon-beauty; do
