@@ -296,6 +296,6 @@ def test_split_zip_parts_join_unpack_once_and_fail_clearly(tmp_path):
     damaged = bytearray(parts[1].read_bytes())
     damaged[100] ^= 0xFF  # inside weights.bin
     parts[1].write_bytes(bytes(damaged))
-    with pytest.raises((ValueError, zipfile.BadZipFile), match="CRC|corrupt|Bad CRC"):
+    with pytest.raises((ValueError, zipfile.BadZipFile), match=r"CRC|corrupt"):
         unpack_split_zip(parts, tmp_path / "broken")
     assert not (tmp_path / "broken").exists()  # nothing half-unpacked is left where a reader would look
