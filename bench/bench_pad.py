@@ -123,7 +123,11 @@ def main() -> None:
         pad_res.append(out.results[f"pad-{args.backbone}"])
         runs.append(out)
     cost = serving_cost(runs[0].backbone, runs[0].pad, split)
-    epochs = {k: json.loads((runs[0].run_dir / k / "train.json").read_text()).get("epochs") for k in ("align", "pad")}
+    epochs = {
+        k: json.loads((runs[0].run_dir / k / "train.json").read_text()).get("epochs")
+        for k in ("align", "text-expert", "pad")
+        if (runs[0].run_dir / k / "train.json").exists()  # no align stage without the aligned expert
+    }
     note = (
         f"{args.note}; encoder {args.encoder}; full ranking, history masked; early stopping on valid NDCG@10; "
         f"stage epochs (seed {args.seeds[0]}): {epochs}; overrides {overrides}; serving {cost}"
