@@ -230,7 +230,7 @@ def test_only_scores_with_one_expert_and_restores_the_gates(pad_run, toy):
 
 
 def test_text_init_pretrain_trains_the_text_expert_alone_first(pad_run, toy, tmp_path):
-    """``text_init=pretrain``: a text-only tower is trained (and reported) before stage 3 and seeds its expert."""
+    """``text_init=pretrain``: a text-only tower is trained and reported before stage 3, which requires it."""
     import shutil
 
     from padrec.pad.recommender import PAD

@@ -90,6 +90,10 @@ class _PADStage(Recommender):
     def _template_backbone(self) -> SeqNet:
         return SeqNet(self.config["backbone"], self.n_items, self.backbone_params)
 
+    def _template_text(self) -> torch.Tensor:
+        """Zero text table of the saved shape: loading fills it from the state dict."""
+        return torch.zeros(self.n_items + 1, self.config["text_dim"])
+
     def _describe(self, backbone: SequentialRecommender, text: np.ndarray) -> None:
         if backbone.name != self.config["backbone"]:
             raise ValueError(f"backbone is {backbone.name!r} but the config says {self.config['backbone']!r}")
@@ -140,6 +144,11 @@ class _Tower(_PADStage):
         return self
 
     def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
+        """Build from a trained backbone and text table (fit), or from templates (load)."""
+        backbone = backbone or self._template_backbone()
+        self.net = self._make_net(backbone, text if text is not None else self._template_text())
+
+    def _make_net(self, backbone: SeqNet, text: torch.Tensor) -> nn.Module:
         raise NotImplementedError
 
     def _rec_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -167,11 +176,9 @@ class _Tower(_PADStage):
 class PADAligned(_Tower):
     """Stage 2: the aligned tower trained with recommendation loss + λ·alignment(g(t), e)."""
 
-    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
-        backbone = backbone or self._template_backbone()
-        text = text if text is not None else torch.zeros(self.n_items + 1, self.config["text_dim"])
+    def _make_net(self, backbone: SeqNet, text: torch.Tensor) -> nn.Module:
         p = self.params
-        self.net = AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout, p.freeze_copy)
+        return AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout, p.freeze_copy)
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         loss, n = self._rec_loss(batch)
@@ -204,10 +211,8 @@ class PADText(_Tower):
     items). Pre-training it alone gives it the same head start the other two experts have.
     """
 
-    def _build(self, backbone: SeqNet | None = None, text: torch.Tensor | None = None) -> None:
-        backbone = backbone or self._template_backbone()
-        text = text if text is not None else torch.zeros(self.n_items + 1, self.config["text_dim"])
-        self.net = TextNet(backbone, text, self.params.adapter_layers, self.params.adapter_dropout)
+    def _make_net(self, backbone: SeqNet, text: torch.Tensor) -> nn.Module:
+        return TextNet(backbone, text, self.params.adapter_layers, self.params.adapter_dropout)
 
 
 @register("pad")
@@ -218,7 +223,7 @@ class PAD(_PADStage):
         p = self.params
         if experts is None:
             bb = self._template_backbone()
-            text = torch.zeros(self.n_items + 1, self.config["text_dim"])
+            text = self._template_text()
             makers = {
                 "collab": lambda: CollabNet(bb),
                 "aligned": lambda: AlignedNet(bb, text, p.adapter_layers, p.adapter_dropout),
