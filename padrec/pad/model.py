@@ -18,7 +18,9 @@ from torch.nn import functional as F
 from padrec.models.layers import ItemTable
 from padrec.models.sequential import SeqNet
 
-EXPERTS = ("collab", "aligned", "text")
+EXPERTS = ("collab", "aligned", "text")  # the reference triple
+#: every expert stage 3 can mix; ``similarity`` is padrec's optional training-free text expert
+ALL_EXPERTS = (*EXPERTS, "similarity")
 
 
 class TextAdapter(nn.Module):
@@ -142,12 +144,62 @@ class CollabNet(nn.Module):
         return self.encoder(F.embedding(seqs, table), seqs == 0)
 
 
+def last_items(seqs: torch.Tensor, mask_id: int | None = None) -> torch.Tensor:
+    """``[B, L]`` -> the most recent real item at or before each position (0 where there is none).
+
+    Padding (0) and BERT4Rec's mask token are not items: a masked position looks back to the item before it.
+    """
+    real = seqs > 0
+    if mask_id is not None:
+        real &= seqs != mask_id
+    pos = torch.arange(seqs.size(1), device=seqs.device).expand_as(seqs)
+    idx = torch.where(real, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+    return torch.where(idx >= 0, seqs.gather(1, idx.clamp(min=0)), torch.zeros_like(seqs))
+
+
+class SimilarityNet(nn.Module):
+    """Training-free text expert: s(u,i) = scale · cos(t_last(u), t_i), the title similarity of each item to
+    the user's most recent one.
+
+    Why: a text tower trained with cross-entropy over all items learns which kinds of title are popular
+    and ranks cold items last (amazon-beauty: cold NDCG@10 0.0006), while plain similarity to the last
+    item ranks them well (0.042, above SASRec's 0.026). Only the scale (and the gates) are learned, so
+    the signal cannot be trained away; a new item is scored from its text alone.
+    """
+
+    def __init__(self, backbone: SeqNet, text: torch.Tensor, scale: float = 10.0) -> None:
+        super().__init__()
+        self.n_items, self.bidirectional, self.mask_id = (
+            backbone.n_items,
+            backbone.bidirectional,
+            backbone.mask_id,
+        )
+        rows, _ = backbone.items.all().shape
+        self.register_buffer("text", _text_rows(text, rows))
+        self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
+
+    def all_vectors(self) -> torch.Tensor:
+        v = F.normalize(self.text, dim=-1)  # zero rows (padding, mask token) stay zero
+        if self.bidirectional:
+            v = torch.cat([v[: self.mask_id], torch.zeros_like(v[:1]), v[self.mask_id + 1 :]])
+        return v
+
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.all_vectors() if table is None else table
+        last = last_items(seqs, self.mask_id if self.bidirectional else None)
+        return self.log_scale.exp() * F.embedding(last, table)
+
+
 def gate_init(n_bins: int) -> dict[str, torch.Tensor]:
-    """Reference initialisation: collaborative leads on popular bins, text on cold, aligned starts small."""
+    """Reference initialisation: collaborative leads on popular bins, text on cold, aligned starts small.
+
+    The similarity expert (not in the reference) starts like the text expert.
+    """
     return {
         "collab": torch.linspace(1.0, 0.0, n_bins),
         "aligned": torch.linspace(-4.0, -5.0, n_bins),
         "text": torch.linspace(0.0, 1.0, n_bins),
+        "similarity": torch.linspace(0.0, 1.0, n_bins),
     }
 
 

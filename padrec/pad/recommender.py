@@ -21,7 +21,7 @@ from padrec.models.base import Recommender, evaluating, get_model_class, registe
 from padrec.models.losses import rec_loss
 from padrec.models.sequential import SeqNet, SequentialRecommender, query_seqs
 from padrec.pad.losses import DEFAULT_ALPHAS, Kernel, alignment_loss
-from padrec.pad.model import EXPERTS, AlignedNet, CollabNet, PADNet, TextNet
+from padrec.pad.model import ALL_EXPERTS, EXPERTS, AlignedNet, CollabNet, PADNet, SimilarityNet, TextNet
 from padrec.train.config import Strict, TrainConfig
 
 
@@ -42,6 +42,8 @@ class PADConfig(Strict):
     # "fresh": the text expert starts untrained in stage 3 (reference). "pretrain": it is first trained
     # alone as a text-only recommender (stage ``text-expert``), like the other two experts are.
     text_init: Literal["fresh", "pretrain"] = "fresh"
+    # initial scale of the optional ``similarity`` expert: score = scale · cos(last item's text, item's text)
+    similarity_scale: float = 10.0
 
 
 def bins_for_gates(popularity_bins: np.ndarray, n_bins: int) -> torch.Tensor:
@@ -228,6 +230,7 @@ class PAD(_PADStage):
                 "collab": lambda: CollabNet(bb),
                 "aligned": lambda: AlignedNet(bb, text, p.adapter_layers, p.adapter_dropout),
                 "text": lambda: TextNet(bb, text, p.adapter_layers, p.adapter_dropout),
+                "similarity": lambda: SimilarityNet(bb, text, p.similarity_scale),
             }
             experts = {k: makers[k]() for k in p.experts}
         bins = bins if bins is not None else torch.zeros(self.n_items + 1, dtype=torch.long)
@@ -246,9 +249,9 @@ class PAD(_PADStage):
         self._remember_items(split)
         self._describe(backbone, text)
         p = self.params
-        unknown = set(p.experts) - set(EXPERTS)
-        if unknown or not p.experts:
-            raise ValueError(f"unknown experts {sorted(unknown)}; choose from {EXPERTS}")
+        unknown = set(p.experts) - set(ALL_EXPERTS)
+        if unknown or not p.experts or len(set(p.experts)) != len(p.experts):
+            raise ValueError(f"experts must be distinct names from {ALL_EXPERTS}, got {list(p.experts)}")
         if "aligned" in p.experts and aligned is None:
             raise ValueError("the aligned expert needs the stage-2 model (pad-align)")
         if "text" in p.experts and p.text_init == "pretrain" and text_expert is None:
@@ -263,6 +266,7 @@ class PAD(_PADStage):
                 if p.text_init == "pretrain"
                 else TextNet(backbone.net, t, p.adapter_layers, p.adapter_dropout)
             ),
+            "similarity": lambda: SimilarityNet(backbone.net, t, p.similarity_scale),
         }
         experts = {k: makers[k]() for k in p.experts}
         self._build(experts, bins_for_gates(split.popularity_bins, p.n_bins))
