@@ -246,7 +246,8 @@ def pad(
     """PAD: pre-train → embed → align → disentangle (finished stages are reused), then one comparison table.
 
     Extra arguments are overrides: PAD keys (lam=0.2 kernel=laplacian alignment=infonce
-    experts=[collab,text] learn_gates=false), training keys (lr=0.001 max_epochs=50), and backbone keys
+    experts=[collab,text] learn_gates=false; experts=[collab,aligned,similarity] swaps the trained text expert
+    for title similarity to the last item), training keys (lr=0.001 max_epochs=50), and backbone keys
     with a prefix (backbone.d=128 backbone.max_epochs=100).
     """
     from padrec.pad.pipeline import comparison_table, run_pad

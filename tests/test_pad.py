@@ -296,3 +296,25 @@ def test_unknown_or_repeated_experts_are_rejected(pad_run, toy):
     for bad in (["collab", "txet"], ["collab", "collab"]):
         with pytest.raises(ValueError, match="distinct names"):
             PAD(params={"experts": bad}).fit(split, pad_run.backbone, text, pad_run.aligned)
+
+
+def test_frozen_experts_keep_their_loaded_weights_and_no_dropout(pad_run, toy):
+    from padrec.pad.recommender import PAD
+
+    split, text = toy
+    fast = {"max_epochs": 2, "lr": 0.05, "progress": False, "batch_size": 32}
+    params = {"experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"]}
+    rec = PAD(params=params, train=fast).fit(split, pad_run.backbone, text, pad_run.aligned)
+    before = pad_run.backbone.net.state_dict()
+    after = rec.net.experts["collab"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in after)
+    assert all(
+        torch.equal(v, rec.net.experts["aligned"].state_dict()[k]) for k, v in pad_run.aligned.net.state_dict().items()
+    )
+    rec.net.train()
+    assert not rec.net.experts["collab"].training and rec.net.experts["similarity"].training
+    # the gates did train
+    init = torch.stack([gate_init(10)[k] for k in rec.net.names])
+    assert not torch.allclose(rec.net.gates.detach(), init)
+    with pytest.raises(ValueError, match="freeze"):
+        PAD(params={"experts": ["collab", "text"], "freeze": ["aligned"]}).fit(split, pad_run.backbone, text)

@@ -212,9 +212,13 @@ class PADNet(nn.Module):
         item_bins: torch.Tensor,
         n_bins: int,
         learn_gates: bool = True,
+        frozen: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.names = tuple(experts)
+        self.frozen = tuple(frozen)
+        for name in self.frozen:  # kept exactly as loaded: no gradient, no dropout
+            experts[name].requires_grad_(False)
         first = next(iter(experts.values()))
         self.n_items, self.bidirectional, self.mask_id = first.n_items, first.bidirectional, first.mask_id
         self.experts = nn.ModuleDict(experts)
@@ -230,7 +234,10 @@ class PADNet(nn.Module):
 
     def train(self, mode: bool = True) -> PADNet:
         self.invalidate()
-        return super().train(mode)
+        super().train(mode)
+        for name in self.frozen:
+            self.experts[name].eval()
+        return self
 
     def load_state_dict(self, *args, **kwargs):
         self.invalidate()

@@ -44,6 +44,8 @@ class PADConfig(Strict):
     text_init: Literal["fresh", "pretrain"] = "fresh"
     # initial scale of the optional ``similarity`` expert: score = scale · cos(last item's text, item's text)
     similarity_scale: float = 10.0
+    # experts kept as loaded in stage 3 (no gradient, no dropout); the paper fine-tunes all of them
+    freeze: tuple[str, ...] = ()
 
 
 def bins_for_gates(popularity_bins: np.ndarray, n_bins: int) -> torch.Tensor:
@@ -234,7 +236,7 @@ class PAD(_PADStage):
             }
             experts = {k: makers[k]() for k in p.experts}
         bins = bins if bins is not None else torch.zeros(self.n_items + 1, dtype=torch.long)
-        self.net = PADNet(experts, bins, p.n_bins, p.learn_gates)
+        self.net = PADNet(experts, bins, p.n_bins, p.learn_gates, tuple(k for k in p.freeze if k in experts))
 
     def fit(
         self,
@@ -252,6 +254,8 @@ class PAD(_PADStage):
         unknown = set(p.experts) - set(ALL_EXPERTS)
         if unknown or not p.experts or len(set(p.experts)) != len(p.experts):
             raise ValueError(f"experts must be distinct names from {ALL_EXPERTS}, got {list(p.experts)}")
+        if not set(p.freeze) <= set(p.experts):
+            raise ValueError(f"freeze={list(p.freeze)} names experts that are not in experts={list(p.experts)}")
         if "aligned" in p.experts and aligned is None:
             raise ValueError("the aligned expert needs the stage-2 model (pad-align)")
         if "text" in p.experts and p.text_init == "pretrain" and text_expert is None:
@@ -275,7 +279,7 @@ class PAD(_PADStage):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Gates get no weight decay: decay would pull every expert towards an equal share."""
-        others = [p for n, p in self.net.named_parameters() if n != "gates"]
+        others = [p for n, p in self.net.named_parameters() if n != "gates" and p.requires_grad]
         return [{"params": others}, {"params": [self.net.gates], "weight_decay": 0.0}]
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
