@@ -34,11 +34,15 @@ for g in "${groups[@]}"; do
           length_buckets=true patience=5
         step bench/bench_pad.py --dataset "$ds" --backbone gru4rec --seeds 0 1 2 --pretrained "$RUNS/$ds/gru4rec" \
           length_buckets=true patience=5
-        # padrec's variant: the third expert is training-free title similarity to the last item
-        step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant sim --seeds 0 1 2 \
-          --pretrained "$RUNS/$ds/sasrec" "experts=[collab,aligned,similarity]" length_buckets=true patience=5
-        step bench/bench_pad.py --dataset "$ds" --backbone gru4rec --variant sim --seeds 0 1 2 \
-          --pretrained "$RUNS/$ds/gru4rec" "experts=[collab,aligned,similarity]" length_buckets=true patience=5
+        # padrec's variants: the third expert is training-free title similarity to the last item, with the
+        # pre-trained experts frozen in stage 3 (simfrozen) or fine-tuned (sim)
+        for bb in sasrec gru4rec; do
+          step bench/bench_pad.py --dataset "$ds" --backbone $bb --variant simfrozen --seeds 0 1 2 \
+            --pretrained "$RUNS/$ds/$bb" "experts=[collab,aligned,similarity]" "freeze=[collab,aligned]" \
+            length_buckets=true patience=5
+          step bench/bench_pad.py --dataset "$ds" --backbone $bb --variant sim --seeds 0 1 2 \
+            --pretrained "$RUNS/$ds/$bb" "experts=[collab,aligned,similarity]" length_buckets=true patience=5
+        done
         # ablation: every expert also trained on its own cross-entropy
         step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant aux --seeds 0 1 2 \
           --pretrained "$RUNS/$ds/sasrec" expert_loss=1.0 length_buckets=true patience=5
