@@ -46,7 +46,15 @@ def _text_rows(text: torch.Tensor, rows: int) -> torch.Tensor:
     return out
 
 
-class AlignedNet(nn.Module):
+class _Expert(nn.Module):
+    """An (item table, sequence encoder) pair over the backbone's item ids (same size, same mask token)."""
+
+    def __init__(self, backbone: SeqNet) -> None:
+        super().__init__()
+        self.n_items, self.bidirectional, self.mask_id = backbone.n_items, backbone.bidirectional, backbone.mask_id
+
+
+class AlignedNet(_Expert):
     """Stage 2 tower: h_i = GELU(W [e_i ; g(t_i)] + b) with a copy of the backbone's table and encoder."""
 
     def __init__(
@@ -57,12 +65,7 @@ class AlignedNet(nn.Module):
         dropout: float,
         freeze_copy: bool = False,
     ) -> None:
-        super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = (
-            backbone.n_items,
-            backbone.bidirectional,
-            backbone.mask_id,
-        )
+        super().__init__(backbone)
         self.items = copy.deepcopy(backbone.items)
         self.encoder = copy.deepcopy(backbone.encoder)
         if freeze_copy:
@@ -88,16 +91,11 @@ class AlignedNet(nn.Module):
         return self.encode(seqs)[:, -1]
 
 
-class TextNet(nn.Module):
+class TextNet(_Expert):
     """Text-only expert: a fresh adapter over the text buffer and a fresh encoder of the backbone's kind."""
 
     def __init__(self, backbone: SeqNet, text: torch.Tensor, adapter_layers: int, dropout: float) -> None:
-        super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = (
-            backbone.n_items,
-            backbone.bidirectional,
-            backbone.mask_id,
-        )
+        super().__init__(backbone)
         rows, d = backbone.items.all().shape
         fresh = copy.deepcopy(backbone.encoder)
         for m in fresh.modules():
@@ -123,16 +121,11 @@ class TextNet(nn.Module):
         return self.encoder(F.embedding(seqs, table), seqs == 0)
 
 
-class CollabNet(nn.Module):
+class CollabNet(_Expert):
     """Collaborative expert: the pre-trained id table and encoder, with the ``encode(seqs, table)`` API."""
 
     def __init__(self, backbone: SeqNet) -> None:
-        super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = (
-            backbone.n_items,
-            backbone.bidirectional,
-            backbone.mask_id,
-        )
+        super().__init__(backbone)
         self.items: ItemTable = copy.deepcopy(backbone.items)
         self.encoder = copy.deepcopy(backbone.encoder)
 
@@ -157,7 +150,7 @@ def last_items(seqs: torch.Tensor, mask_id: int | None = None) -> torch.Tensor:
     return torch.where(idx >= 0, seqs.gather(1, idx.clamp(min=0)), torch.zeros_like(seqs))
 
 
-class SimilarityNet(nn.Module):
+class SimilarityNet(_Expert):
     """Training-free text expert: s(u,i) = scale · cos(t_last(u), t_i), the title similarity of each item to
     the user's most recent one.
 
@@ -168,12 +161,7 @@ class SimilarityNet(nn.Module):
     """
 
     def __init__(self, backbone: SeqNet, text: torch.Tensor, scale: float = 10.0) -> None:
-        super().__init__()
-        self.n_items, self.bidirectional, self.mask_id = (
-            backbone.n_items,
-            backbone.bidirectional,
-            backbone.mask_id,
-        )
+        super().__init__(backbone)
         rows, _ = backbone.items.all().shape
         self.register_buffer("text", _text_rows(text, rows))
         self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
