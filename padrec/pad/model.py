@@ -167,10 +167,7 @@ class SimilarityNet(_Expert):
         self.log_scale = nn.Parameter(torch.tensor(float(scale)).log())
 
     def all_vectors(self) -> torch.Tensor:
-        v = F.normalize(self.text, dim=-1)  # zero rows (padding, mask token) stay zero
-        if self.bidirectional:
-            v = torch.cat([v[: self.mask_id], torch.zeros_like(v[:1]), v[self.mask_id + 1 :]])
-        return v
+        return F.normalize(self.text, dim=-1)  # the text table's zero rows (padding, mask token) stay zero
 
     def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         table = self.all_vectors() if table is None else table

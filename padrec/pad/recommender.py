@@ -236,7 +236,7 @@ class PAD(_PADStage):
             }
             experts = {k: makers[k]() for k in p.experts}
         bins = bins if bins is not None else torch.zeros(self.n_items + 1, dtype=torch.long)
-        self.net = PADNet(experts, bins, p.n_bins, p.learn_gates, tuple(k for k in p.freeze if k in experts))
+        self.net = PADNet(experts, bins, p.n_bins, p.learn_gates, p.freeze)
 
     def fit(
         self,
