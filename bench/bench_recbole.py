@@ -1,7 +1,13 @@
 """SASRec speed, side by side: padrec vs RecBole 1.2.1 on the same data, CPU, one run.
 
     python bench/bench_recbole.py --dataset ml-100k --epochs 200 --patience 20 --recbole-epochs 5
-    python bench/bench_recbole.py --dataset amazon-beauty --epochs 12 --recbole-epochs 1  # speed + memory
+    python bench/bench_recbole.py --dataset amazon-beauty --epochs 20 --recbole-epochs 4 --padrec-batch-size 44
+
+RecBole's batch is 256 *prefixes* (one training target each); padrec's is whole users (every position
+is a target: ~5.9 per user on amazon-beauty). ``--padrec-batch-size`` sets padrec's users per batch so
+both take about as many targets per gradient step (44 users ≈ 259 targets on amazon-beauty); it is
+reported with the results. padrec also batches users of similar length (``length_buckets``), its own
+way of spending less time on padding; it sees the same examples per epoch.
 
 RecBole is installed in its own virtual environment under ``bench/.work/recbole-venv`` (never a
 dependency of padrec; pins from shared/design/PEERS.md). Both libraries train SASRec with the
@@ -162,7 +168,7 @@ def equal_quality(theirs: dict, timing: dict) -> dict:
     return {"seconds_to_recbole_best": t, "speedup_to_equal_ndcg": theirs["seconds_to_best"] / t if t else None}
 
 
-def run_padrec(name: str, epochs: int, patience: int, threads: int) -> dict:
+def run_padrec(name: str, epochs: int, patience: int, threads: int, batch_size: int) -> dict:
     """padrec's SASRec in a fresh process (same threads as RecBole), timed per epoch from its CSV log."""
     run_dir = WORK / "speed-runs" / name / "sasrec"
     overrides = [
@@ -171,7 +177,8 @@ def run_padrec(name: str, epochs: int, patience: int, threads: int) -> dict:
         f"model.n_layers={HP['n_layers']}",
         f"model.n_heads={HP['n_heads']}",
         f"model.dropout={HP['dropout']}",
-        f"batch_size={HP['batch_size']}",
+        f"batch_size={batch_size}",
+        "length_buckets=true",
         f"lr={HP['lr']}",
         f"max_epochs={epochs}",
         f"patience={patience}",
@@ -213,6 +220,12 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=None, help="early stopping (default: none within the budget)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each child")
     ap.add_argument(
+        "--padrec-batch-size",
+        type=int,
+        default=HP["batch_size"],
+        help="padrec's users per batch (RecBole's batch counts prefixes: pick it so targets per step match)",
+    )
+    ap.add_argument(
         "--rescore", action="store_true", help="recompute derived numbers of a finished run's records, no training"
     )
     args = ap.parse_args()
@@ -221,7 +234,7 @@ def main() -> None:
         rescore(path, args.dataset)
         return
     patience = args.patience or args.epochs
-    ours = run_padrec(args.dataset, args.epochs, patience, args.threads)
+    ours = run_padrec(args.dataset, args.epochs, patience, args.threads, args.padrec_batch_size)
     print(f"padrec: {ours}", flush=True)
     rb_epochs = args.recbole_epochs or args.epochs
     theirs = run_recbole(args.dataset, rb_epochs, min(patience, rb_epochs), args.threads)
@@ -235,7 +248,9 @@ def main() -> None:
     ) + f"; RecBole {rb_epochs} epochs ({theirs['epochs']} run)"
     note = (
         f"CPU ({os.cpu_count()} cores, {args.threads} torch thread per child, one after the other in one run; "
-        f"other jobs may share the machine); {budget}; hyper-parameters {HP}; "
+        f"other jobs may share the machine); {budget}; hyper-parameters {HP}, padrec batch "
+        f"{args.padrec_batch_size} users ({_targets_per_batch(args.dataset, args.padrec_batch_size):.0f} training "
+        f"targets) with length buckets; "
         f"speed-up per epoch = {ratio:.2f}x (an epoch is one pass over users for padrec, over every prefix for "
         f"RecBole); to each library's own best = {theirs['seconds_to_best'] / ours['seconds_to_best']:.2f}x"
     )
@@ -271,6 +286,12 @@ def _equal_note(ours: dict, theirs: dict) -> str:
         f"; at equal NDCG@10 (RecBole's best, {theirs['NDCG@10']:.4f}): padrec {ours['seconds_to_recbole_best']:.0f} s "
         f"vs RecBole {theirs['seconds_to_best']:.0f} s = {ours['speedup_to_equal_ndcg']:.2f}x"
     )
+
+
+def _targets_per_batch(name: str, users: int) -> float:
+    """Mean training targets in a padrec batch of ``users`` (positions 2..n-2 of each history, capped)."""
+    lengths = load_dataset(name).lengths
+    return float(np.clip(lengths - 3, 0, HP["max_len"]).mean() * users)
 
 
 def _padrec_timing(name: str) -> dict:

@@ -318,3 +318,21 @@ def test_frozen_experts_keep_their_loaded_weights_and_no_dropout(pad_run, toy):
     assert not torch.allclose(rec.net.gates.detach(), init)
     with pytest.raises(ValueError, match="freeze"):
         PAD(params={"experts": ["collab", "text"], "freeze": ["aligned"]}).fit(split, pad_run.backbone, text)
+
+
+def test_gate_lr_moves_the_gates_alone(pad_run, toy):
+    from padrec.pad.recommender import PAD
+
+    split, text = toy
+    params = {"experts": ["collab", "similarity"], "freeze": ["collab"]}
+    init = torch.stack([gate_init(10)[k] for k in ("collab", "similarity")])
+    moved = {}
+    for gate_lr in (None, 0.05):
+        train = {"max_epochs": 1, "lr": 1e-9, "progress": False, "batch_size": 32}
+        rec = PAD(params={**params, "gate_lr": gate_lr}, train=train).fit(split, pad_run.backbone, text)
+        moved[gate_lr] = (rec.net.gates.detach() - init).abs().max().item()
+        scale = rec.net.experts["similarity"].log_scale.detach().exp().item()
+        assert scale == pytest.approx(10.0, rel=1e-5)  # the expert keeps the base lr
+    assert moved[None] < 1e-6 < 1e-3 < moved[0.05]
+    with pytest.raises(ValueError, match="gate_lr"):
+        PAD(params={"gate_lr": 0})

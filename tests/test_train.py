@@ -126,3 +126,14 @@ def test_length_buckets_keep_every_user_and_crop_exactly(ml100k_split):
         a, n_a = rec.training_loss(cropped)
         b, n_b = rec.training_loss(full)
     assert n_a == n_b and torch.allclose(a, b, atol=1e-5)
+
+
+def test_default_run_dirs_never_collide(tmp_path, monkeypatch):
+    from padrec.train.trainer import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20260101-000000")
+    first = default_run_dir("toy", "sasrec")
+    first.mkdir(parents=True)
+    second = default_run_dir("toy", "sasrec")
+    assert second != first and second.name == "sasrec-20260101-000000-2"

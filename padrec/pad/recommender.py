@@ -8,11 +8,13 @@ table and popularity bins are buffers in the state dict, so a run directory is s
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
@@ -46,6 +48,26 @@ class PADConfig(Strict):
     similarity_scale: float = 10.0
     # experts kept as loaded in stage 3 (no gradient, no dropout); the paper fine-tunes all of them
     freeze: tuple[str, ...] = ()
+    # learning rate of the gates alone (default: train.lr); with frozen experts the gates are nearly
+    # all that learns, and at the experts' lr they move only a few hundredths per epoch
+    gate_lr: float | None = Field(default=None, gt=0)
+
+
+def make_experts(
+    p: PADConfig, backbone: nn.Module, text: torch.Tensor, trained: dict[str, nn.Module] | None = None
+) -> dict[str, nn.Module]:
+    """Stage-3 experts by name: a trained tower in ``trained`` is copied, the others built around the backbone.
+
+    Loading a saved PAD builds every expert fresh (``trained`` empty) and then loads the weights.
+    """
+    trained = trained or {}
+    fresh = {
+        "collab": lambda: CollabNet(backbone),
+        "aligned": lambda: AlignedNet(backbone, text, p.adapter_layers, p.adapter_dropout),
+        "text": lambda: TextNet(backbone, text, p.adapter_layers, p.adapter_dropout),
+        "similarity": lambda: SimilarityNet(backbone, text, p.similarity_scale),
+    }
+    return {k: _copy_module(trained[k]) if k in trained else fresh[k]() for k in p.experts}
 
 
 def bins_for_gates(popularity_bins: np.ndarray, n_bins: int) -> torch.Tensor:
@@ -126,7 +148,10 @@ class _PADStage(Recommender):
     def _fit(self, split: Split, run_dir: Any, resume: bool) -> None:
         from padrec.train.trainer import train
 
-        train(self, split, run_dir=run_dir, resume=resume)
+        with warnings.catch_warnings():
+            if getattr(self.params, "freeze", ()):  # frozen experts stay in eval mode on purpose
+                warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+            train(self, split, run_dir=run_dir, resume=resume)
 
 
 class _Tower(_PADStage):
@@ -226,15 +251,7 @@ class PAD(_PADStage):
     def _build(self, experts: dict[str, nn.Module] | None = None, bins: torch.Tensor | None = None) -> None:
         p = self.params
         if experts is None:
-            bb = self._template_backbone()
-            text = self._template_text()
-            makers = {
-                "collab": lambda: CollabNet(bb),
-                "aligned": lambda: AlignedNet(bb, text, p.adapter_layers, p.adapter_dropout),
-                "text": lambda: TextNet(bb, text, p.adapter_layers, p.adapter_dropout),
-                "similarity": lambda: SimilarityNet(bb, text, p.similarity_scale),
-            }
-            experts = {k: makers[k]() for k in p.experts}
+            experts = make_experts(p, self._template_backbone(), self._template_text())
         bins = bins if bins is not None else torch.zeros(self.n_items + 1, dtype=torch.long)
         self.net = PADNet(experts, bins, p.n_bins, p.learn_gates, p.freeze)
 
@@ -261,18 +278,10 @@ class PAD(_PADStage):
         if "text" in p.experts and p.text_init == "pretrain" and text_expert is None:
             raise ValueError("text_init='pretrain' needs the pre-trained text expert (pad-text)")
         torch.manual_seed(self.train_cfg.seed)
-        t = torch.as_tensor(text)
-        makers = {
-            "collab": lambda: CollabNet(backbone.net),
-            "aligned": lambda: _copy_module(aligned.net),
-            "text": lambda: (
-                _copy_module(text_expert.net)
-                if p.text_init == "pretrain"
-                else TextNet(backbone.net, t, p.adapter_layers, p.adapter_dropout)
-            ),
-            "similarity": lambda: SimilarityNet(backbone.net, t, p.similarity_scale),
-        }
-        experts = {k: makers[k]() for k in p.experts}
+        trained = {"aligned": aligned.net} if aligned is not None else {}
+        if p.text_init == "pretrain" and text_expert is not None:
+            trained["text"] = text_expert.net
+        experts = make_experts(p, backbone.net, torch.as_tensor(text), trained)
         self._build(experts, bins_for_gates(split.popularity_bins, p.n_bins))
         self._fit(split, run_dir, resume)
         return self
@@ -280,7 +289,10 @@ class PAD(_PADStage):
     def param_groups(self) -> list[dict[str, Any]]:
         """Gates get no weight decay: decay would pull every expert towards an equal share."""
         others = [p for n, p in self.net.named_parameters() if n != "gates" and p.requires_grad]
-        return [{"params": others}, {"params": [self.net.gates], "weight_decay": 0.0}]
+        gates: dict[str, Any] = {"params": [self.net.gates], "weight_decay": 0.0}
+        if self.params.gate_lr is not None:
+            gates["lr"] = self.params.gate_lr
+        return [{"params": others}, gates]
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         inp, tgt = batch

@@ -216,7 +216,16 @@ class LengthBucketSampler(Sampler[int]):
 
 
 def default_run_dir(dataset: str, model: str) -> Path:
-    return Path("runs") / dataset / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """A fresh ``runs/<dataset>/<model>-<time>`` folder; a second run in the same second gets ``-2``, ``-3``...
+
+    Two fits must never share a folder: the second would mix its checkpoints and logs into the first's.
+    """
+    base = Path("runs") / dataset / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
 
 
 def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> Path:
