@@ -63,7 +63,7 @@ for g in "${groups[@]}"; do
       done ;;
     speed)  # issue 3: SASRec speed and memory next to RecBole (installs RecBole in its own venv)
       step bench/bench_recbole.py --dataset ml-100k --epochs 200 --patience 20 --recbole-epochs 3
-      step bench/bench_recbole.py --dataset amazon-beauty --epochs 12 --recbole-epochs 1 ;;
+      step bench/bench_recbole.py --dataset amazon-beauty --epochs 20 --recbole-epochs 4 --padrec-batch-size 44 ;;
     *) echo "unknown group $g (backbones pad palr speed)" >&2; exit 2 ;;
   esac
 done
