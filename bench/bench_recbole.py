@@ -5,7 +5,7 @@
 
 RecBole's batch is 256 *prefixes* (one training target each); padrec's is whole users (every position
 is a target: ~5.9 per user on amazon-beauty). ``--padrec-batch-size`` sets padrec's users per batch so
-both take about as many targets per gradient step (44 users ≈ 259 targets on amazon-beauty); it is
+both take about as many targets per gradient step (44 users ≈ 252 targets on amazon-beauty); it is
 reported with the results. padrec also batches users of similar length (``length_buckets``), its own
 way of spending less time on padding; it sees the same examples per epoch.
 

@@ -149,7 +149,7 @@ class _PADStage(Recommender):
         from padrec.train.trainer import train
 
         with warnings.catch_warnings():
-            if getattr(self.params, "freeze", ()):  # frozen experts stay in eval mode on purpose
+            if self.params.freeze:  # frozen experts stay in eval mode on purpose
                 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
             train(self, split, run_dir=run_dir, resume=resume)
 
