@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from padrec.data.split import Split
 from padrec.models.base import Recommender, evaluating, register
-from padrec.train.config import Strict, TrainConfig
+from padrec.models.losses import rec_loss, sample_negatives, sampled_loss
+from padrec.train.config import ConfigError, Strict, TrainConfig
 
 
 class MFConfig(Strict):
@@ -90,12 +90,15 @@ class NCFNet(nn.Module):
 
 
 class _UserItemModel(Recommender):
+    """(user, item) pairs in, one training target per pair; the loss defaults to BPR (``train.loss=bpr``)."""
+
     config_cls: ClassVar[type[Strict]] = MFConfig
     uses_user_ids: ClassVar[bool] = True
+    losses: ClassVar[tuple[str, ...]] = ("bpr", "bce", "sampled_softmax", "ce")
 
     def __init__(self, params: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> None:
         p = self.config_cls(**(params or {}))
-        t = TrainConfig(**(train or {}))
+        t = TrainConfig(**{"loss": "bpr", **(train or {})})
         super().__init__(params=p.model_dump(), train=t.model_dump())
         self.params, self.train_cfg = p, t
         self.net: nn.Module | None = None
@@ -103,6 +106,11 @@ class _UserItemModel(Recommender):
     def fit(self, split: Split, run_dir: Any = None, resume: bool = False) -> _UserItemModel:
         from padrec.train.trainer import train
 
+        if self.train_cfg.loss not in self.losses:  # checked here, not at load: old runs saved loss=ce
+            raise ConfigError(
+                f"train.loss={self.train_cfg.loss!r} is not available for {self.name}: "
+                f"expected one of {', '.join(self.losses)}"
+            )
         self._remember_items(split)
         self.params = self.params.model_copy(update={"n_users": split.dataset.n_users})
         self.config["params"] = self.params.model_dump()
@@ -117,13 +125,16 @@ class _UserItemModel(Recommender):
         return DataLoader(pairs, batch_size=self.train_cfg.batch_size, shuffle=True)
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Pairwise BPR loss with ``n_negatives`` uniform negatives per pair (``train.loss`` is unused)."""
+        """``train.loss`` with ``n_negatives`` uniform negatives per pair (shared by the batch for sampled
+        softmax); ``ce`` (dot-product models only) scores every item."""
         u, i = batch
         k = max(1, self.train_cfg.n_negatives)
-        j = torch.randint(1, self.n_items + 1, (len(u), k))
-        pos = self.net.pair(u, i[:, None])
-        neg = self.net.pair(u, j)
-        return -F.logsigmoid(pos - neg).mean(), len(u)
+        kind = self.train_cfg.loss
+        if kind == "sampled_softmax":
+            j = sample_negatives(self.n_items + 1, (k,)).expand(len(u), -1)
+            return sampled_loss(self.net.pair(u, i[:, None])[:, 0], self.net.pair(u, j), kind, j == i[:, None]), len(u)
+        j = sample_negatives(self.n_items + 1, (len(u), k))
+        return sampled_loss(self.net.pair(u, i[:, None])[:, 0], self.net.pair(u, j), kind), len(u)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
@@ -137,6 +148,12 @@ class BPRMF(_UserItemModel):
     """BPR-MF (Rendle et al., UAI 2009): dot-product factors trained with the pairwise BPR loss."""
 
     config_cls = MFConfig
+
+    def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Dot-product scores: the shared loss of the sequential models, with the user vector as state."""
+        u, i = batch
+        cfg = self.train_cfg
+        return rec_loss(self.net.users(u), i, self.net.items.weight, cfg.loss, max(1, cfg.n_negatives)), len(u)
 
     def _build(self) -> None:
         torch.manual_seed(self.train_cfg.seed)
@@ -154,9 +171,13 @@ class BPRMF(_UserItemModel):
 
 @register("ncf")
 class NCF(_UserItemModel):
-    """NCF/NeuMF (He et al., WWW 2017): GMF + MLP over user and item embeddings."""
+    """NCF/NeuMF (He et al., WWW 2017): GMF + MLP over user and item embeddings.
+
+    Trained with BPR by default; ``loss=bce n_negatives=4`` is the paper's setting. Full cross-entropy
+    would run the MLP on every (user, item) pair of a batch, so it is not offered."""
 
     config_cls = NCFConfig
+    losses = ("bpr", "bce", "sampled_softmax")
 
     def _build(self) -> None:
         torch.manual_seed(self.train_cfg.seed)

@@ -19,7 +19,7 @@ class Strict(BaseModel):
 
 
 class TrainConfig(Strict):
-    loss: Literal["ce", "bce", "sampled_softmax"] = "ce"
+    loss: Literal["ce", "bce", "bpr", "sampled_softmax"] = "ce"  # BPR-MF and NCF default to "bpr"
     n_negatives: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.0
