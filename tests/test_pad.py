@@ -298,13 +298,13 @@ def test_unknown_or_repeated_experts_are_rejected(pad_run, toy):
             PAD(params={"experts": bad}).fit(split, pad_run.backbone, text, pad_run.aligned)
 
 
-def test_frozen_experts_keep_their_loaded_weights_and_no_dropout(pad_run, toy):
+def test_frozen_experts_keep_their_loaded_weights_and_no_dropout(pad_run, toy, tmp_path):
     from padrec.pad.recommender import PAD
 
     split, text = toy
     fast = {"max_epochs": 2, "lr": 0.05, "progress": False, "batch_size": 32}
     params = {"experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"]}
-    rec = PAD(params=params, train=fast).fit(split, pad_run.backbone, text, pad_run.aligned)
+    rec = PAD(params=params, train=fast).fit(split, pad_run.backbone, text, pad_run.aligned, run_dir=tmp_path)
     before = pad_run.backbone.net.state_dict()
     after = rec.net.experts["collab"].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in after)
@@ -320,7 +320,7 @@ def test_frozen_experts_keep_their_loaded_weights_and_no_dropout(pad_run, toy):
         PAD(params={"experts": ["collab", "text"], "freeze": ["aligned"]}).fit(split, pad_run.backbone, text)
 
 
-def test_gate_lr_moves_the_gates_alone(pad_run, toy):
+def test_gate_lr_moves_the_gates_alone(pad_run, toy, tmp_path):
     from padrec.pad.recommender import PAD
 
     split, text = toy
@@ -329,7 +329,8 @@ def test_gate_lr_moves_the_gates_alone(pad_run, toy):
     moved = {}
     for gate_lr in (None, 0.05):
         train = {"max_epochs": 1, "lr": 1e-9, "progress": False, "batch_size": 32}
-        rec = PAD(params={**params, "gate_lr": gate_lr}, train=train).fit(split, pad_run.backbone, text)
+        rec = PAD(params={**params, "gate_lr": gate_lr}, train=train)
+        rec.fit(split, pad_run.backbone, text, run_dir=tmp_path / str(gate_lr))
         moved[gate_lr] = (rec.net.gates.detach() - init).abs().max().item()
         scale = rec.net.experts["similarity"].log_scale.detach().exp().item()
         assert scale == pytest.approx(10.0, rel=1e-5)  # the expert keeps the base lr
