@@ -70,6 +70,7 @@ def test_losses_default_to_bpr_and_ncf_rejects_full_cross_entropy(tmp_path):
     assert get_model_class("bpr")().train_cfg.loss == "bpr"
     _, train = resolve("ncf", get_model_class("ncf").config_cls, "ml-1m", {})
     assert train.loss == "bpr"
+    assert resolve("ncf", get_model_class("ncf").config_cls, "amazon-beauty", {})[1].loss == "bce"  # dataset YAML
     ncf = get_model_class("ncf")(params={"d": 8}, train={"loss": "ce", "progress": False})
     with pytest.raises(ConfigError, match=r"train.loss='ce' is not available for ncf: expected one of bpr, bce"):
         ncf.fit(_toy_split(), run_dir=tmp_path)
