@@ -50,6 +50,13 @@ def test_resume_continues_from_the_saved_epoch(ml100k_split, tmp_path):
     assert times["ndcg"] == pytest.approx(log["val_ndcg10"].tolist(), abs=1e-6)
 
 
+def test_resume_takes_the_learning_rate_of_the_new_config(ml100k_split, tmp_path):
+    _sasrec(max_epochs=1, patience=10, lr=0.001).fit(ml100k_split, run_dir=tmp_path)
+    _sasrec(max_epochs=2, patience=10, lr=0.0002).fit(ml100k_split, run_dir=tmp_path, resume=True)
+    lrs = read_metrics(tmp_path)["lr-AdamW"].dropna().tolist()  # one row per epoch, both starts
+    assert lrs == pytest.approx([0.001, 0.0002])  # not the optimizer state's saved 0.001
+
+
 def test_val_every_validates_every_k_epochs_and_after_the_last(ml100k_split, tmp_path):
     _sasrec(max_epochs=5, patience=10, val_every=2).fit(ml100k_split, run_dir=tmp_path)
     log = read_metrics(tmp_path).dropna(subset=["val_ndcg10"])

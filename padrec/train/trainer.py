@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -136,7 +136,15 @@ class RecLightning(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = self.rec.param_groups() if hasattr(self.rec, "param_groups") else self.net.parameters()
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self._configured_lrs = [g["lr"] for g in opt.param_groups]
+        return opt
+
+    def on_train_start(self) -> None:
+        # a resumed run restores the optimizer's saved learning rates; the run's config (``lr=`` given with
+        # --resume, rewritten to config.yaml) must win, or the override would be silently ignored
+        for group, lr in zip(self.trainer.optimizers[0].param_groups, self._configured_lrs, strict=True):
+            group["lr"] = lr
 
 
 def validation_users(split: Split, n: int | None, seed: int) -> np.ndarray | None:
@@ -261,7 +269,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        callbacks=[best, stop],
+        callbacks=[best, stop, LearningRateMonitor("epoch")],  # lr per epoch in the CSV / TensorBoard logs
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress,
