@@ -94,7 +94,7 @@ class _UserItemModel(Recommender):
 
     config_cls: ClassVar[type[Strict]] = MFConfig
     uses_user_ids: ClassVar[bool] = True
-    losses: ClassVar[tuple[str, ...]] = ("bpr", "bce", "sampled_softmax", "ce")
+    losses: ClassVar[tuple[str, ...]] = ("bpr", "bce", "sampled_softmax")
 
     def __init__(self, params: dict[str, Any] | None = None, train: dict[str, Any] | None = None) -> None:
         p = self.config_cls(**(params or {}))
@@ -126,15 +126,14 @@ class _UserItemModel(Recommender):
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """``train.loss`` with ``n_negatives`` uniform negatives per pair (shared by the batch for sampled
-        softmax); ``ce`` (dot-product models only) scores every item."""
+        softmax)."""
         u, i = batch
         k = max(1, self.train_cfg.n_negatives)
         kind = self.train_cfg.loss
-        if kind == "sampled_softmax":
-            j = sample_negatives(self.n_items + 1, (k,)).expand(len(u), -1)
-            return sampled_loss(self.net.pair(u, i[:, None])[:, 0], self.net.pair(u, j), kind, j == i[:, None]), len(u)
-        j = sample_negatives(self.n_items + 1, (len(u), k))
-        return sampled_loss(self.net.pair(u, i[:, None])[:, 0], self.net.pair(u, j), kind), len(u)
+        shared = kind == "sampled_softmax"
+        j = sample_negatives(self.n_items + 1, (k,) if shared else (len(u), k)).expand(len(u), -1)
+        collide = j == i[:, None] if shared else None
+        return sampled_loss(self.net.pair(u, i[:, None])[:, 0], self.net.pair(u, j), kind, collide), len(u)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
@@ -148,6 +147,7 @@ class BPRMF(_UserItemModel):
     """BPR-MF (Rendle et al., UAI 2009): dot-product factors trained with the pairwise BPR loss."""
 
     config_cls = MFConfig
+    losses = ("bpr", "bce", "sampled_softmax", "ce")  # dot products: CE over every item is one matmul
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Dot-product scores: the shared loss of the sequential models, with the user vector as state."""
@@ -177,7 +177,6 @@ class NCF(_UserItemModel):
     would run the MLP on every (user, item) pair of a batch, so it is not offered."""
 
     config_cls = NCFConfig
-    losses = ("bpr", "bce", "sampled_softmax")
 
     def _build(self) -> None:
         torch.manual_seed(self.train_cfg.seed)
