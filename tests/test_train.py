@@ -57,6 +57,31 @@ def test_resume_takes_the_learning_rate_of_the_new_config(ml100k_split, tmp_path
     assert lrs == pytest.approx([0.001, 0.0002])  # not the optimizer state's saved 0.001
 
 
+def test_plateau_schedule_lowers_the_rate_after_lr_patience_flat_validations(ml100k_split, tmp_path, monkeypatch):
+    import padrec.train.trainer as trainer
+
+    scores = iter([0.10, 0.20, 0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
+    monkeypatch.setattr(trainer, "validation_ndcg", lambda *a, **k: next(scores))
+    plateau = {"patience": 10, "lr": 0.001, "lr_schedule": "plateau", "lr_factor": 0.5, "lr_patience": 1}
+    fast = {"limit_train_batches": 2, **plateau}
+    _sasrec(max_epochs=5, **fast).fit(ml100k_split, run_dir=tmp_path)
+    # epochs 3 and 4 (0.15, 0.14) are the 2 validations without a better score (> lr_patience 1): halved after 4
+    assert read_metrics(tmp_path)["lr-AdamW"].dropna().tolist() == pytest.approx([1e-3] * 4 + [5e-4])
+    _sasrec(max_epochs=8, **fast).fit(ml100k_split, run_dir=tmp_path, resume=True)
+    # same config: the resumed run starts at epoch 6 with the lowered rate and its plateau count (epoch 5's 0.13
+    # was one flat validation, epoch 6's 0.12 the second: halved again)
+    log = read_metrics(tmp_path)
+    assert log["lr-AdamW"].dropna().tolist() == pytest.approx([1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 2)
+    assert log.dropna(subset=["val_ndcg10"])["epoch"].tolist() == list(range(8))  # no epoch trained twice
+
+
+def test_unknown_schedule_is_rejected():
+    from padrec.train.config import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        resolve("sasrec", get_model_class("sasrec").config_cls, None, {"lr_schedule": "cosine"})
+
+
 def test_val_every_validates_every_k_epochs_and_after_the_last(ml100k_split, tmp_path):
     _sasrec(max_epochs=5, patience=10, val_every=2).fit(ml100k_split, run_dir=tmp_path)
     log = read_metrics(tmp_path).dropna(subset=["val_ndcg10"])

@@ -22,6 +22,12 @@ class TrainConfig(Strict):
     loss: Literal["ce", "bce", "bpr", "sampled_softmax"] = "ce"  # BPR-MF and NCF default to "bpr"
     n_negatives: int = 1
     lr: float = 1e-3
+    # "plateau": multiply the learning rate by lr_factor after lr_patience validations without a better
+    # validation NDCG@10 (set lr_patience below patience, or early stopping ends the run first)
+    lr_schedule: Literal["constant", "plateau"] = "constant"
+    lr_factor: float = Field(default=0.3, gt=0.0, lt=1.0)
+    lr_patience: int = Field(default=3, ge=0)
+    min_lr: float = Field(default=1e-5, ge=0.0)
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 200

@@ -131,6 +131,8 @@ class RecLightning(L.LightningModule):
             self.timings["valid"].append(time.perf_counter() - t1)
             self.timings["ndcg"].append(ndcg)
             self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
+            if self.plateau is not None:  # before the checkpoint callbacks save this epoch
+                self.plateau.step(ndcg)
         if self.times_path is not None and self.trainer.is_global_zero:  # every epoch: a kill loses nothing
             atomic_write_text(self.times_path, json.dumps(self.timings))
 
@@ -138,11 +140,38 @@ class RecLightning(L.LightningModule):
         groups = self.rec.param_groups() if hasattr(self.rec, "param_groups") else self.net.parameters()
         opt = torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self._configured_lrs = [g["lr"] for g in opt.param_groups]
+        # stepped here, not by Lightning: Lightning steps schedulers after the epoch's checkpoint is written and
+        # skips that step on resume, so a resumed run would lose one validation of its plateau count
+        self.plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=self.cfg.lr_factor, patience=self.cfg.lr_patience, min_lr=self.cfg.min_lr
+            )
+            if self.cfg.lr_schedule == "plateau"
+            else None
+        )
         return opt
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["padrec"] = {
+            "configured_lrs": self._configured_lrs,
+            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored = checkpoint.get("padrec") or {}
+
     def on_train_start(self) -> None:
-        # a resumed run restores the optimizer's saved learning rates; the run's config (``lr=`` given with
-        # --resume, rewritten to config.yaml) must win, or the override would be silently ignored
+        # a resumed run restores the optimizer's saved learning rates. When the run's config asks for another
+        # one (``lr=`` given with --resume, rewritten to config.yaml) the config must win, or the override would
+        # be silently ignored, and a plateau schedule starts afresh; with the same config the restored rate (maybe
+        # lowered by the schedule) and the schedule's count carry on. Checkpoints without this record: config wins.
+        restored = getattr(self, "_restored", None)
+        if restored is None:
+            return
+        if restored.get("configured_lrs") == self._configured_lrs:
+            if self.plateau is not None and restored.get("plateau"):
+                self.plateau.load_state_dict(restored["plateau"])
+            return
         for group, lr in zip(self.trainer.optimizers[0].param_groups, self._configured_lrs, strict=True):
             group["lr"] = lr
 
@@ -248,7 +277,10 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     loader = rec.train_loader(split)
     ckpt_dir = run_dir / "checkpoints"
-    best = ModelCheckpoint(ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max", save_last=True)
+    best = ModelCheckpoint(ckpt_dir, filename="best", monitor=VAL_METRIC, mode="max")
+    # every epoch, for --resume (``save_last=True`` on ``best`` only rewrites it when ``best`` improves, so a
+    # resumed run would repeat every epoch since the last improvement)
+    last = ModelCheckpoint(ckpt_dir, filename="last", enable_version_counter=False)
     stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience, strict=cfg.val_every == 1)
     # one log folder per (re)start: a resumed run must never overwrite the earlier epochs' logs
     version = f"run{len(list((run_dir / 'logs').glob('run*')))}"
@@ -269,7 +301,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        callbacks=[best, stop, LearningRateMonitor("epoch")],  # lr per epoch in the CSV / TensorBoard logs
+        callbacks=[best, last, stop, LearningRateMonitor("epoch")],  # lr per epoch in the CSV / TensorBoard logs
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress,
@@ -280,13 +312,13 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         log_every_n_steps=10,
         deterministic=False,
     )
-    last = ckpt_dir / "last.ckpt"
-    resumed = bool(resume and last.exists())
+    last_path = ckpt_dir / "last.ckpt"
+    resumed = bool(resume and last_path.exists())
     module = RecLightning(rec, split, run_dir / "epoch_times.json", resumed)
     module.positions_per_batch = getattr(loader, "positions_per_batch", None)
     module.train()  # parts copied from fitted (eval-mode) models must train with dropout on
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last) if resumed else None)
+    trainer.fit(module, loader, ckpt_path=str(last_path) if resumed else None)
     elapsed = time.perf_counter() - t0
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
