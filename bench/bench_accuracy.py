@@ -23,12 +23,11 @@ from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
-from padrec.eval.report import git_commit, write_bench
+from padrec.eval.report import git_commit, merge_bench
 from padrec.models import Recommender, get_model_class
 from padrec.train.config import parse_overrides, resolve
 
 ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results" / "accuracy.json"
 
 #: (dataset, model) -> (HR@10, NDCG@10, source); full ranking, leave-one-out.
 PUBLISHED: dict[tuple[str, str], tuple[float, float, str]] = {
@@ -45,12 +44,6 @@ PUBLISHED: dict[tuple[str, str], tuple[float, float, str]] = {
     ("amazon-beauty", "ncf"): (0.0293, 0.0130, "PALR paper, Table 2"),
     ("amazon-beauty", "pop"): (0.0152, 0.0068, "S3Rec paper (counts test items: leak)"),
 }
-
-
-def _load_records() -> list[dict]:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())["records"]
-    return []
 
 
 def markdown(records: list[dict]) -> str:
@@ -121,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         if x
     )
     rec_["commit"] = git_commit()
-    records = [r for r in _load_records() if (r["dataset"], r["model"]) != (args.dataset, args.model)]
-    records.append(rec_)
-    write_bench("accuracy", records, markdown(records))
+    merge_bench("accuracy", [rec_], lambda r: (r["dataset"], r["model"]), markdown)
     print(res.table())
 
 

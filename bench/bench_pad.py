@@ -26,7 +26,7 @@ from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
-from padrec.eval.report import git_commit, write_bench
+from padrec.eval.report import git_commit, merge_bench
 from padrec.models import Recommender
 from padrec.pad.pipeline import comparison_table, run_pad
 from padrec.train.config import parse_overrides
@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--pretrained", type=Path, help="an existing backbone run dir to reuse for every seed")
     ap.add_argument("--encoder", default="minilm", help="text encoder: minilm, mpnet or a model folder")
     ap.add_argument("--note", default="")
+    ap.add_argument("--replace", action="store_true", help="overwrite a stored record over more seeds")
     ap.add_argument("--serving-only", action="store_true", help="re-time serving of the first seed's finished run")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -143,7 +144,7 @@ def main() -> None:
     if not args.variant:
         new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
         new.append(_speed_record(args.dataset, pad_name, args.seeds, cost))
-    _merge(new)
+    _merge(new, replace=args.replace)
 
 
 def _speed_record(dataset: str, model: str, seeds: list[int], cost: dict) -> dict:
@@ -174,25 +175,37 @@ def _concordance(run_dir: Path) -> dict[str, float]:
     return {f"concordance_{w}_{k}": c[w][k] for w in ("before", "after") for k in ("overlap_at_k", "spearman")}
 
 
+def _key(r: dict) -> tuple:
+    return r["task"], r["dataset"], r["model"]
+
+
 def _update_concordance(dataset: str, model: str, run_dir: Path) -> None:
     path = ROOT / "results" / "pad.json"
     records = json.loads(path.read_text())["records"] if path.exists() else []
-    for r in records:
-        if (r["task"], r["dataset"], r["model"]) == ("accuracy", dataset, model):
-            r["metrics"].update(_concordance(run_dir))
-    write_bench("pad", records, _markdown(records))
+    hits = [r for r in records if _key(r) == ("accuracy", dataset, model)]
+    for r in hits:
+        r["metrics"].update(_concordance(run_dir))
+    merge_bench("pad", hits, _key, _markdown)
 
 
 def _update_speed(dataset: str, model: str, seeds: list[int], cost: dict) -> None:
     _merge([_speed_record(dataset, model, seeds, cost)])
 
 
-def _merge(new: list[dict]) -> None:
-    path = ROOT / "results" / "pad.json"
-    old = json.loads(path.read_text())["records"] if path.exists() else []
-    keys = {(r["task"], r["dataset"], r["model"]) for r in new}
-    records = [r for r in old if (r["task"], r["dataset"], r["model"]) not in keys] + new
-    write_bench("pad", records, _markdown(records))
+def _merge(new: list[dict], replace: bool = False) -> None:
+    """Add ``new`` to pad.json; an accuracy record over more seeds is kept unless ``replace``."""
+
+    def keep_old(old: dict, rec: dict) -> bool:
+        keep = not replace and rec["task"] == "accuracy" and len(old["seeds"]) > len(rec["seeds"])
+        if keep:
+            print(
+                f"kept the stored {rec['dataset']} {rec['model']} record over seeds {old['seeds']} "
+                f"(this run: {rec['seeds']}; --replace to overwrite it)",
+                flush=True,
+            )
+        return keep
+
+    records = merge_bench("pad", new, _key, _markdown, keep_old)
     for dataset in sorted({r["dataset"] for r in new}):
         _plot(records, dataset)
 

@@ -15,7 +15,7 @@ from padrec.data.split import leave_one_out, time_split
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.negatives import draw_negatives, load_or_draw_negatives, negatives_path
 from padrec.eval.protocol import Protocol
-from padrec.eval.report import write_bench
+from padrec.eval.report import merge_bench, write_bench
 from padrec.eval.results import Results
 from padrec.models.base import Recommender
 
@@ -217,3 +217,43 @@ def test_results_json_round_trip_and_record(split, tmp_path):
     js, md = write_bench("tiny", [rec], "Tiny results", results_dir=tmp_path)
     assert json.loads(js.read_text())["records"][0]["metrics"]["HR@10"] == 0.0
     assert md.read_text().startswith("# Tiny results") and "| constant |" in md.read_text()
+
+
+def _slow_markdown(records: list[dict]) -> str:
+    import time
+
+    time.sleep(0.05)  # between the read and the write: without the lock, concurrent writers overlap here
+    return f"{len(records)} records\n"
+
+
+def _add_records(args: tuple[str, int]) -> None:
+    folder, worker = args
+    for k in range(3):
+        rec = {"task": "accuracy", "dataset": "d", "model": f"m{worker}-{k}", "seeds": [0]}
+        merge_bench("tiny", [rec], lambda r: r["model"], _slow_markdown, results_dir=folder)
+
+
+def test_merge_bench_keeps_every_concurrent_writers_records(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        pool.map(_add_records, [(str(tmp_path), w) for w in range(4)])
+    models = sorted(r["model"] for r in json.loads((tmp_path / "tiny.json").read_text())["records"])
+    assert models == sorted(f"m{w}-{k}" for w in range(4) for k in range(3))
+
+
+def test_merge_bench_replaces_by_key_unless_keep_old_says_otherwise(tmp_path):
+    def key(r: dict) -> str:
+        return r["model"]
+
+    def more_seeds(old: dict, new: dict) -> bool:
+        return len(old["seeds"]) > len(new["seeds"])
+
+    merge_bench(
+        "tiny", [{"model": "a", "seeds": [0, 1, 2]}, {"model": "b", "seeds": [0]}], key, str, results_dir=tmp_path
+    )
+    out = merge_bench(
+        "tiny", [{"model": "a", "seeds": [5]}, {"model": "b", "seeds": [7]}], key, str, more_seeds, tmp_path
+    )
+    assert out == [{"model": "a", "seeds": [0, 1, 2]}, {"model": "b", "seeds": [7]}]
+    assert json.loads((tmp_path / "tiny.json").read_text())["records"] == out

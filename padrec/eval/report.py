@@ -7,10 +7,11 @@ half-written result that a later reader would trust.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,47 @@ def write_bench(
     atomic_write_text(js, payload + "\n")
     atomic_write_text(md, text)
     return js, md
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def merge_bench(
+    name: str,
+    new: Sequence[dict],
+    key: Callable[[dict], Any],
+    markdown: Callable[[list[dict]], str],
+    keep_old: Callable[[dict, dict], bool] | None = None,
+    results_dir: str | Path | None = None,
+) -> list[dict]:
+    """Read ``<name>.json``, replace the records that share a ``key`` with a new one, write both files.
+
+    The read-modify-write holds a lock (``<name>.lock``), so benchmarks finishing at the same time in separate
+    processes each add their records instead of the last writer dropping the others'. ``keep_old(old, new)``
+    returning True keeps the stored record instead (e.g. it averages more seeds than the new one).
+    Returns every record now stored.
+    """
+    out = Path(results_dir) if results_dir is not None else default_results_dir()
+    with _locked(out / f"{name}.lock"):
+        path = out / f"{name}.json"
+        old = json.loads(path.read_text())["records"] if path.exists() else []
+        by_key = {key(r): r for r in old}
+        fresh = [r for r in new if not (keep_old and key(r) in by_key and keep_old(by_key[key(r)], r))]
+        replaced = {key(r) for r in fresh}
+        records = [r for r in old if key(r) not in replaced] + fresh
+        write_bench(name, records, markdown(records), out)
+    return records
