@@ -67,12 +67,15 @@ def test_plateau_schedule_lowers_the_rate_after_lr_patience_flat_validations(ml1
     _sasrec(max_epochs=5, **fast).fit(ml100k_split, run_dir=tmp_path)
     # epochs 3 and 4 (0.15, 0.14) are the 2 validations without a better score (> lr_patience 1): halved after 4
     assert read_metrics(tmp_path)["lr-AdamW"].dropna().tolist() == pytest.approx([1e-3] * 4 + [5e-4])
+    times_path = tmp_path / "epoch_times.json"  # as if killed after epoch 6 was timed but not checkpointed
+    times_path.write_text(json.dumps({k: [*v, 1.0] for k, v in json.loads(times_path.read_text()).items()}))
     _sasrec(max_epochs=8, **fast).fit(ml100k_split, run_dir=tmp_path, resume=True)
     # same config: the resumed run starts at epoch 6 with the lowered rate and its plateau count (epoch 5's 0.13
     # was one flat validation, epoch 6's 0.12 the second: halved again)
     log = read_metrics(tmp_path)
     assert log["lr-AdamW"].dropna().tolist() == pytest.approx([1e-3] * 4 + [5e-4] * 2 + [2.5e-4] * 2)
     assert log.dropna(subset=["val_ndcg10"])["epoch"].tolist() == list(range(8))  # no epoch trained twice
+    assert json.loads(times_path.read_text())["ndcg"] == pytest.approx([0.10, 0.20, 0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
 
 
 def test_unknown_schedule_is_rejected():

@@ -161,6 +161,9 @@ class RecLightning(L.LightningModule):
         self._restored = checkpoint.get("padrec") or {}
 
     def on_train_start(self) -> None:
+        # a resumed run goes on from its checkpoint's epoch: epochs timed after it (a run killed mid-epoch, or
+        # checkpoints written before last.ckpt was saved every epoch) are trained again and timed again
+        self.timings = {k: v[: self.current_epoch] for k, v in self.timings.items()}
         # a resumed run restores the optimizer's saved learning rates. When the run's config asks for another
         # one (``lr=`` given with --resume, rewritten to config.yaml) the config must win, or the override would
         # be silently ignored, and a plateau schedule starts afresh; with the same config the restored rate (maybe
