@@ -321,7 +321,10 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     module.positions_per_batch = getattr(loader, "positions_per_batch", None)
     module.train()  # parts copied from fitted (eval-mode) models must train with dropout on
     t0 = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=str(last_path) if resumed else None)
+    with warnings.catch_warnings():
+        if resumed:  # goes on in its own checkpoint folder on purpose (a fresh run there still gets the warning)
+            warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+        trainer.fit(module, loader, ckpt_path=str(last_path) if resumed else None)
     elapsed = time.perf_counter() - t0
     if best.best_model_path:
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
