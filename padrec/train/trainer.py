@@ -296,6 +296,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         pass
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
     if cfg.val_every > 1:  # epochs without validation are expected: no checkpoint warning for them
         warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
     trainer = L.Trainer(
