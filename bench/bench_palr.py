@@ -33,7 +33,7 @@ from bench_palr_finetune import markdown as palr_markdown  # same folder: one ta
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
-from padrec.eval.report import git_commit, write_bench
+from padrec.eval.report import git_commit, merge_bench
 from padrec.models.base import Recommender
 from padrec.palr.config import load_palr_config
 from padrec.palr.pipeline import evaluate_palr
@@ -176,12 +176,8 @@ def main() -> None:
             ),
         }
     )
-    path = ROOT / "results" / "palr.json"
-    old = json.loads(path.read_text())["records"] if path.exists() else []
-    keys = {(r["task"], r["dataset"], r["model"]) for r in records}
-    merged = [r for r in old if (r["task"], r["dataset"], r["model"]) not in keys] + records
-    write_bench("palr", merged, palr_markdown(merged))
-    print(f"wrote {path}", flush=True)
+    merge_bench("palr", records, lambda r: (r["task"], r["dataset"], r["model"]), palr_markdown)
+    print(f"wrote {ROOT / 'results' / 'palr.json'}", flush=True)
 
 
 if __name__ == "__main__":

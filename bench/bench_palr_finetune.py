@@ -32,7 +32,7 @@ import torch
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
-from padrec.eval.report import git_commit, write_bench
+from padrec.eval.report import git_commit, merge_bench
 from padrec.models.base import Recommender
 from padrec.palr.config import load_palr_config
 from padrec.palr.pipeline import evaluate_palr, run_finetune
@@ -83,10 +83,7 @@ def markdown(records: list[dict]) -> str:
 
 
 def merge(records: list[dict]) -> None:
-    old = json.loads(RESULTS.read_text())["records"] if RESULTS.exists() else []
-    keys = {(r["task"], r["dataset"], r["model"]) for r in records}
-    merged = [r for r in old if (r["task"], r["dataset"], r["model"]) not in keys] + records
-    write_bench("palr", merged, markdown(merged))
+    merge_bench("palr", records, lambda r: (r["task"], r["dataset"], r["model"]), markdown)
 
 
 def main() -> None:

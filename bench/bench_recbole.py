@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from padrec.data.registry import load_dataset
-from padrec.eval.report import git_commit, write_bench
+from padrec.eval.report import git_commit, merge_bench, write_bench
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / ".work"
@@ -273,9 +273,7 @@ def main() -> None:
         },
         {**base, "model": "recbole-sasrec", "metrics": theirs},
     ]
-    old = json.loads(path.read_text())["records"] if path.exists() else []
-    merged = [r for r in old if r["dataset"] != args.dataset] + records
-    write_bench("speed_recbole", merged, markdown(merged))
+    merged = merge_bench("speed_recbole", records, lambda r: r["dataset"], markdown)
     print(markdown(merged))
 
 
