@@ -29,11 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
-from bench_palr_finetune import markdown as palr_markdown  # same folder: one table for both benches
+from bench_palr_finetune import RESULTS, merge  # same folder: one table and one merge for both benches
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
-from padrec.eval.report import git_commit, merge_bench
+from padrec.eval.report import git_commit
 from padrec.models.base import Recommender
 from padrec.palr.config import load_palr_config
 from padrec.palr.pipeline import evaluate_palr
@@ -176,8 +176,8 @@ def main() -> None:
             ),
         }
     )
-    merge_bench("palr", records, lambda r: (r["task"], r["dataset"], r["model"]), palr_markdown)
-    print(f"wrote {ROOT / 'results' / 'palr.json'}", flush=True)
+    merge(records)
+    print(f"wrote {RESULTS}", flush=True)
 
 
 if __name__ == "__main__":
