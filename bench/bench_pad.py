@@ -180,12 +180,14 @@ def _key(r: dict) -> tuple:
 
 
 def _update_concordance(dataset: str, model: str, run_dir: Path) -> None:
-    path = ROOT / "results" / "pad.json"
-    records = json.loads(path.read_text())["records"] if path.exists() else []
-    hits = [r for r in records if _key(r) == ("accuracy", dataset, model)]
-    for r in hits:
-        r["metrics"].update(_concordance(run_dir))
-    merge_bench("pad", hits, _key, _markdown)
+    values = _concordance(run_dir)
+
+    def update(records: list[dict]) -> None:
+        for r in records:
+            if _key(r) == ("accuracy", dataset, model):
+                r["metrics"].update(values)
+
+    merge_bench("pad", [], _key, _markdown, update=update)
 
 
 def _update_speed(dataset: str, model: str, seeds: list[int], cost: dict) -> None:

@@ -257,3 +257,19 @@ def test_merge_bench_replaces_by_key_unless_keep_old_says_otherwise(tmp_path):
     )
     assert out == [{"model": "a", "seeds": [0, 1, 2]}, {"model": "b", "seeds": [7]}]
     assert json.loads((tmp_path / "tiny.json").read_text())["records"] == out
+
+
+def test_merge_bench_update_edits_stored_records_under_the_lock(tmp_path):
+    def key(r: dict) -> str:
+        return r["model"]
+
+    merge_bench("tiny", [{"model": "a", "m": {"x": 1}}, {"model": "b", "m": {}}], key, str, results_dir=tmp_path)
+
+    def add_y(records: list[dict]) -> None:
+        for r in records:
+            if r["model"] in ("a", "c"):
+                r["m"]["y"] = 2
+
+    out = merge_bench("tiny", [{"model": "c", "m": {}}], key, str, results_dir=tmp_path, update=add_y)
+    assert out == [{"model": "a", "m": {"x": 1, "y": 2}}, {"model": "b", "m": {}}, {"model": "c", "m": {"y": 2}}]
+    assert json.loads((tmp_path / "tiny.json").read_text())["records"] == out

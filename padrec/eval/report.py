@@ -123,12 +123,15 @@ def merge_bench(
     markdown: Callable[[list[dict]], str],
     keep_old: Callable[[dict, dict], bool] | None = None,
     results_dir: str | Path | None = None,
+    update: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Read ``<name>.json``, replace the records that share a ``key`` with a new one, write both files.
 
     The read-modify-write holds a lock (``<name>.lock``), so benchmarks finishing at the same time in separate
     processes each add their records instead of the last writer dropping the others'. ``keep_old(old, new)``
     returning True keeps the stored record instead (e.g. it averages more seeds than the new one).
+    ``update(records)`` edits stored records in place under the same lock (a field added to an existing
+    record must not be read before the lock, or a writer finishing in between loses its change).
     Returns every record now stored.
     """
     out = Path(results_dir) if results_dir is not None else default_results_dir()
@@ -139,5 +142,7 @@ def merge_bench(
         fresh = [r for r in new if not (keep_old and key(r) in by_key and keep_old(by_key[key(r)], r))]
         replaced = {key(r) for r in fresh}
         records = [r for r in old if key(r) not in replaced] + fresh
+        if update is not None:
+            update(records)
         write_bench(name, records, markdown(records), out)
     return records
