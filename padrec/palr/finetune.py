@@ -12,12 +12,10 @@ written last, marks the stage finished.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,9 +26,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from padrec.palr.config import PALRConfig
-from padrec.palr.lm import BASE_FILE, CausalLM
+from padrec.palr.lm import BASE_FILE, CausalLM, peft_quiet
 from padrec.palr.prompts import PROMPT_VERSION
-from padrec.train.trainer import AtomicCheckpointIO
+from padrec.train.trainer import AtomicCheckpointIO, quiet_lightning
 from padrec.utils import atomic_write_text
 
 DONE_FILE = "finetune.json"
@@ -129,7 +127,8 @@ def prepare_model(lm: CausalLM, cfg: PALRConfig) -> Any:
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, conf)
+        with peft_quiet():
+            model = get_peft_model(model, conf)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -157,8 +156,7 @@ def finetune(
         ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=cfg.checkpoint_every, monitor=None
     )
     version = f"run{len(list((out_dir / 'logs').glob('run*')))}"
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    quiet_lightning()
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,

@@ -20,6 +20,7 @@ transformers/torch are imported inside functions, so ``import padrec.palr`` stay
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.util
@@ -27,7 +28,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +234,8 @@ def _load_adapter(path: Path, dtype: Any, device: str | None) -> CausalLM:
     if not base_spec:
         raise ModelNotFoundError(f"adapter {path}: cannot tell which base model it adapts ({BASE_FILE} missing)")
     base = load_causal_lm(base_spec, dtype=dtype)
-    model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
+    with peft_quiet():
+        model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
     tok = base.tokenizer
     if (path / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
@@ -302,7 +305,8 @@ def continuation_logprobs(
     totals = np.zeros(len(c_ids), dtype=np.float64)
     with torch.inference_mode():
         first = model(input_ids=torch.tensor([p_ids], device=dev), use_cache=True)
-        cache = first.past_key_values
+        cache_kw = _cache_keyword(model)
+        cache = getattr(first, cache_kw)
         last = first.logits[0, -1].float().log_softmax(-1)
         reusable = hasattr(cache, "batch_repeat_interleave")
         for lo in range(0, len(c_ids), batch_size):
@@ -316,7 +320,7 @@ def continuation_logprobs(
                 cache_b = copy.deepcopy(cache)
                 cache_b.batch_repeat_interleave(len(chunk))
                 mask = torch.ones((len(chunk), len(p_ids) + width), dtype=torch.long, device=dev)
-                logits = model(input_ids=x, attention_mask=mask, past_key_values=cache_b, use_cache=True).logits
+                logits = model(input_ids=x, attention_mask=mask, use_cache=True, **{cache_kw: cache_b}).logits
             else:
                 full = torch.cat([torch.tensor([p_ids], device=dev).expand(len(chunk), -1), x], dim=1)
                 logits = model(input_ids=full).logits[:, len(p_ids) :]
@@ -329,3 +333,21 @@ def continuation_logprobs(
                     s += float(lp[r, : len(c) - 1].sum())
                 totals[lo + r] = s / len(c) if norm == "mean" else s
     return totals
+
+
+def _cache_keyword(model: Any) -> str:
+    """The KV-cache argument (and output field) name: ``cache`` since transformers 5.x, ``past_key_values``
+    before (the old name still works there but warns on every call)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    """peft asks the model for ``is_gradient_checkpointing``, which transformers 5 deprecates: a notice about
+    peft's internals that the user can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*`is_gradient_checkpointing` is deprecated.*", FutureWarning)
+        yield

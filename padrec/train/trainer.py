@@ -268,6 +268,13 @@ def default_run_dir(dataset: str, model: str) -> Path:
     return path
 
 
+def quiet_lightning() -> None:
+    """Silence Lightning's notices that say nothing about the user's run (shared by every padrec trainer)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory tensors need no workers
+    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
+
+
 def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Fit ``rec`` on ``split``; the best validation checkpoint is restored and saved in ``run_dir``."""
     cfg = rec.train_cfg
@@ -294,9 +301,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="logs", version=version))
     except ImportError:
         pass
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
+    quiet_lightning()
     if cfg.val_every > 1:  # epochs without validation are expected: no checkpoint warning for them
         warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
     trainer = L.Trainer(
