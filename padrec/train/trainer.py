@@ -318,7 +318,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         limit_train_batches=cfg.limit_train_batches,
         precision=cfg.precision,
         num_sanity_val_steps=0,
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(10, len(loader))),  # tiny data: log each step rather than warn
         deterministic=False,
     )
     last_path = ckpt_dir / "last.ckpt"
