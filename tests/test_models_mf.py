@@ -12,7 +12,7 @@ from padrec.models.mf import NCFNet
 from padrec.train.config import ConfigError, resolve
 
 
-@pytest.mark.parametrize("mlp", [(16, 8), ()])
+@pytest.mark.parametrize("mlp", [(16, 8, 4), (16,), ()])
 def test_ncf_all_items_path_equals_pairwise_scoring(mlp):
     torch.manual_seed(0)
     net = NCFNet(n_users=7, n_items=30, d=8, mlp=mlp, dropout=0.3).eval()
@@ -24,7 +24,7 @@ def test_ncf_all_items_path_equals_pairwise_scoring(mlp):
 
 
 @pytest.mark.parametrize("name", ["bpr", "ncf"])
-def test_fit_save_load_gives_identical_scores(name, tmp_path):
+def test_fit_save_load_gives_identical_scores(name, tmp_path, monkeypatch):
     split = _toy_split()
     rec = get_model_class(name)(params={"d": 8}, train={"max_epochs": 2, "batch_size": 64, "progress": False})
     rec.fit(split, run_dir=tmp_path)
@@ -36,6 +36,8 @@ def test_fit_save_load_gives_identical_scores(name, tmp_path):
     a, b = rec.score(hist, users=users), loaded.score(hist, users=users)
     assert a.shape == (5, split.n_items + 1) and torch.isfinite(a[:, 1:]).all()
     assert torch.equal(a, b)
+    monkeypatch.setattr("padrec.models.mf.SCORE_PAIRS", 2 * (split.n_items + 1))  # NCF: 2 users per chunk
+    assert torch.allclose(rec.score(hist, users=users), a, atol=1e-6)
 
 
 def test_sampled_losses_match_hand_computed_values():

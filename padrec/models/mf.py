@@ -13,12 +13,17 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from padrec.data.split import Split
 from padrec.models.base import Recommender, evaluating, register
 from padrec.models.losses import rec_loss, sample_negatives, sampled_loss
 from padrec.train.config import ConfigError, Strict, TrainConfig
+
+#: (user, item) pairs NCF scores at once in evaluation: 8 Beauty users' [items, 64] activations stay in a CPU's
+#: cache; 64 users at a time was 3.5x slower per user.
+SCORE_PAIRS = 1 << 17
 
 
 class MFConfig(Strict):
@@ -74,19 +79,23 @@ class NCFNet(nn.Module):
         return self.score_vecs(self.gmf_u(u), self.mlp_u(u), i)
 
     def score_all(self, gu: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """Eval-mode logits ``[B, n_items + 1]`` against every item, equal to ``score_vecs`` but ~4× cheaper:
-        the first MLP layer is linear in [user; item], so its two halves are computed once per user and
-        once per item instead of once per (user, item) pair, and GMF becomes one matmul."""
-        if len(self.mlp) == 0:
+        """Eval-mode logits ``[B, n_items + 1]`` against every item, equal to ``score_vecs`` but several times
+        cheaper: the first MLP layer is linear in [user; item], so its two halves are computed once per user and
+        once per item instead of once per (user, item) pair, GMF becomes one matmul, and the [B, items, h]
+        activations are rectified in place. Callers keep ``B`` small (see ``NCF.score``): the activations
+        then stay in cache, which matters more than the batch size on a CPU."""
+        linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
+        if not linears:
             items = torch.arange(self.gmf_i.num_embeddings).expand(len(gu), -1)
             return self.score_vecs(gu, mu, items)
-        first: nn.Linear = self.mlp[1]
-        d = mu.size(1)
-        hidden = (mu @ first.weight[:, :d].T + first.bias)[:, None, :] + (self.mlp_i.weight @ first.weight[:, d:].T)
-        m = self.mlp[2:](hidden)
+        first, d = linears[0], mu.size(1)
+        item_half = self.mlp_i.weight @ first.weight[:, d:].T
+        hidden = torch.relu_((mu @ first.weight[:, :d].T + first.bias)[:, None, :] + item_half)
+        for layer in linears[1:]:
+            hidden = torch.relu_(F.linear(hidden, layer.weight, layer.bias))
         w = self.out.weight[0]
         gmf = gu @ (self.gmf_i.weight * w[:d]).T
-        return gmf + m @ w[d:] + self.out.bias
+        return gmf + hidden @ w[d:] + self.out.bias
 
 
 class _UserItemModel(Recommender):
@@ -193,5 +202,6 @@ class NCF(_UserItemModel):
             else:
                 gu = torch.stack([net.gmf_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
                 mu = torch.stack([net.mlp_i(torch.as_tensor(h, dtype=torch.long)).mean(0) for h in histories])
-            out = torch.cat([net.score_all(gu[b : b + 64], mu[b : b + 64]) for b in range(0, len(gu), 64)])
+            step = max(1, SCORE_PAIRS // (self.n_items + 1))  # users per chunk: ~100k (user, item) pairs
+            out = torch.cat([net.score_all(gu[b : b + step], mu[b : b + step]) for b in range(0, len(gu), step)])
         return out.float()
