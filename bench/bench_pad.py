@@ -4,7 +4,8 @@
 
 For each seed a PAD run directory ``bench/.work/pad/<dataset>/<backbone>-seed<k>`` is created (finished
 stages are reused, so an interrupted benchmark continues). The backbone of seed 0 can be an existing
-run (``--pretrained DIR``) to avoid training it twice. Records (MISSION.md §5): models ``<backbone>``,
+run (``--pretrained DIR``) to avoid training it twice. Seeds can run as separate processes: ``--add-seeds``
+adds a run's seeds to the stored records made with the same settings. Records (MISSION.md §5): models ``<backbone>``,
 ``pad-<backbone>`` (+ ``-<variant>`` for ablations), protocol ``full-loo``, metrics HR@10/NDCG@10 as
 mean over seeds (``_std`` alongside), groups ``bin1``..``bin10``, ``cold``, ``warm``. Serving cost: time
 to score all items for a batch of users, PAD vs backbone, same run, alternating order, median of 9.
@@ -36,7 +37,16 @@ WORK = ROOT / ".work" / "pad"
 GROUPS = [*(f"bin{i}" for i in range(1, 11)), "unseen", "cold", "warm"]
 
 
-def _mean_record(name: str, results: list, dataset: str, seeds: list[int], note: str) -> dict:
+def _seed_values(result, seed: int) -> dict:
+    """One seed's HR/NDCG@10, overall and per group: what a record keeps so later seeds can be added."""
+    pick = lambda d: {m: d[m] for m in ("HR@10", "NDCG@10") if m in d}  # noqa: E731
+    groups = {g: pick(result.groups[g]) for g in GROUPS if g in result.groups}
+    return {"seed": seed, **pick(result.overall), "groups": {g: v for g, v in groups.items() if v}}
+
+
+def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
+    """Mean and std over seeds of the overall metrics and of each group's."""
+
     def agg(dicts: list[dict]) -> dict:
         out = {}
         for m in ("HR@10", "NDCG@10"):
@@ -46,20 +56,61 @@ def _mean_record(name: str, results: list, dataset: str, seeds: list[int], note:
                 out[f"{m}_std"] = float(np.std(vals))
         return out
 
-    groups = {g: agg([r.groups[g] for r in results if g in r.groups]) for g in GROUPS}
+    groups = {g: agg([s["groups"][g] for s in per_seed if g in s["groups"]]) for g in GROUPS}
+    return agg(per_seed), {g: v for g, v in groups.items() if v}
+
+
+def _mean_record(name: str, per_seed: list[dict], dataset: str, protocol: str, note: str, config: dict) -> dict:
+    metrics, groups = _aggregate(per_seed)
     return {
         "task": "accuracy",
         "dataset": dataset,
         "model": name,
-        "protocol": results[0].protocol,
-        "metrics": agg([r.overall for r in results]),
-        "groups": {g: v for g, v in groups.items() if v},
+        "protocol": protocol,
+        "metrics": metrics,
+        "groups": groups,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "seeds": seeds,
+        "seeds": [s["seed"] for s in per_seed],
+        "per_seed": per_seed,
+        "config": config,
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "note": note,
     }
+
+
+def _stored_seeds(rec: dict) -> list[dict]:
+    """A stored record's per-seed values; a one-seed record from before ``per_seed`` existed is its own."""
+    if "per_seed" in rec:
+        return rec["per_seed"]
+    if len(rec["seeds"]) != 1:
+        raise SystemExit(
+            f"{rec['dataset']} {rec['model']}: the stored record over seeds {rec['seeds']} has no "
+            "per-seed values to add to; rerun every seed in one call"
+        )
+    keep = lambda d: {m: d[m] for m in ("HR@10", "NDCG@10") if m in d}  # noqa: E731
+    return [{"seed": rec["seeds"][0], **keep(rec["metrics"]), "groups": {g: keep(v) for g, v in rec["groups"].items()}}]
+
+
+def _add_seeds(stored: dict, new: dict) -> dict:
+    """``stored`` with ``new``'s seeds added: same dataset, model and settings, no seed twice."""
+    same = stored.get("config") == new["config"] or f"overrides {new['config']['overrides']}" in stored["note"]
+    if not same:
+        raise SystemExit(
+            f"{new['dataset']} {new['model']}: the stored record was made with other settings "
+            f"({stored.get('config') or stored['note']}); these seeds cannot be added to it"
+        )
+    both = set(stored["seeds"]) & set(new["seeds"])
+    if both:
+        raise SystemExit(f"{new['dataset']} {new['model']}: seeds {sorted(both)} are already in the stored record")
+    per_seed = sorted(_stored_seeds(stored) + new["per_seed"], key=lambda s: s["seed"])
+    out = dict(stored)
+    out["metrics"] = {**stored["metrics"], **_aggregate(per_seed)[0]}  # keeps seed-0 extras (experts, concordance)
+    out["groups"] = _aggregate(per_seed)[1]
+    out.update(seeds=[s["seed"] for s in per_seed], per_seed=per_seed, config=new["config"], date=new["date"])
+    out["commit"] = f"{stored['commit']}+{new['commit']}"
+    out["note"] = f"{stored['note']}; seeds {new['seeds']} added by a later run (commit {new['commit']})"
+    return out
 
 
 def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 9) -> dict:
@@ -98,6 +149,11 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm", help="text encoder: minilm, mpnet or a model folder")
     ap.add_argument("--note", default="")
     ap.add_argument("--replace", action="store_true", help="overwrite a stored record over more seeds")
+    ap.add_argument(
+        "--add-seeds",
+        action="store_true",
+        help="add these seeds to the stored records of the same settings (seeds run as separate processes)",
+    )
     ap.add_argument("--serving-only", action="store_true", help="re-time serving of the first seed's finished run")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -120,8 +176,8 @@ def main() -> None:
         seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **overrides}
         out = run_pad(split, run_dir, backbone=args.backbone, encoder=args.encoder, overrides=seeded)
         print(comparison_table(out.results), flush=True)
-        base_res.append(out.results[args.backbone])
-        pad_res.append(out.results[f"pad-{args.backbone}"])
+        base_res.append(_seed_values(out.results[args.backbone], seed))
+        pad_res.append(_seed_values(out.results[f"pad-{args.backbone}"], seed))
         runs.append(out)
     cost = serving_cost(runs[0].backbone, runs[0].pad, split)
     epochs = {
@@ -134,7 +190,9 @@ def main() -> None:
         f"stage epochs (seed {args.seeds[0]}): {epochs}; overrides {overrides}; serving {cost}"
     ).strip("; ")
     pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
-    new = [_mean_record(pad_name, pad_res, args.dataset, args.seeds, note)]
+    config = {"backbone": args.backbone, "encoder": args.encoder, "overrides": overrides}
+    protocol = runs[0].results[args.backbone].protocol
+    new = [_mean_record(pad_name, pad_res, args.dataset, protocol, note, config)]
     new[0]["metrics"].update(_concordance(runs[0].run_dir))
     new[0]["metrics"].update(expert_breakdown(runs[0].pad, split))
     if "text-only" in runs[0].results:  # text_init=pretrain: the text tower alone, before stage 3
@@ -142,9 +200,9 @@ def main() -> None:
         new[0]["metrics"]["text_tower_NDCG@10"] = tower.overall["NDCG@10"]
         new[0]["metrics"]["text_tower_cold_NDCG@10"] = tower.groups["cold"]["NDCG@10"]
     if not args.variant:
-        new.insert(0, _mean_record(args.backbone, base_res, args.dataset, args.seeds, note))
+        new.insert(0, _mean_record(args.backbone, base_res, args.dataset, protocol, note, config))
         new.append(_speed_record(args.dataset, pad_name, args.seeds, cost))
-    _merge(new, replace=args.replace)
+    _merge(new, replace=args.replace, add_seeds=args.add_seeds)
 
 
 def _speed_record(dataset: str, model: str, seeds: list[int], cost: dict) -> dict:
@@ -194,20 +252,33 @@ def _update_speed(dataset: str, model: str, seeds: list[int], cost: dict) -> Non
     _merge([_speed_record(dataset, model, seeds, cost)])
 
 
-def _merge(new: list[dict], replace: bool = False) -> None:
-    """Add ``new`` to pad.json; an accuracy record over more seeds is kept unless ``replace``."""
+def _merge(new: list[dict], replace: bool = False, add_seeds: bool = False) -> None:
+    """Add ``new`` to pad.json; an accuracy record over more seeds is kept unless ``replace``; with
+    ``add_seeds`` an accuracy record's seeds are added to the stored one's (under the lock)."""
 
     def keep_old(old: dict, rec: dict) -> bool:
         keep = not replace and rec["task"] == "accuracy" and len(old["seeds"]) > len(rec["seeds"])
         if keep:
             print(
                 f"kept the stored {rec['dataset']} {rec['model']} record over seeds {old['seeds']} "
-                f"(this run: {rec['seeds']}; --replace to overwrite it)",
+                f"(this run: {rec['seeds']}; --replace to overwrite it, --add-seeds to add to it)",
                 flush=True,
             )
         return keep
 
-    records = merge_bench("pad", new, _key, _markdown, keep_old)
+    def add(records: list[dict]) -> None:
+        for rec in (r for r in new if r["task"] == "accuracy"):
+            hits = [k for k, r in enumerate(records) if _key(r) == _key(rec)]
+            if hits:
+                records[hits[0]] = _add_seeds(records[hits[0]], rec)
+            else:
+                records.append(rec)
+
+    if add_seeds:
+        rest = [r for r in new if r["task"] != "accuracy"]
+        records = merge_bench("pad", rest, _key, _markdown, update=add)
+    else:
+        records = merge_bench("pad", new, _key, _markdown, keep_old)
     for dataset in sorted({r["dataset"] for r in new}):
         _plot(records, dataset)
 
