@@ -145,6 +145,24 @@ def test_group_user_counts_add_up(split):
     assert sum(g[n]["users"] for n in lengths) == res.n_users
     pop_bins = split.popularity_bins[split.test_targets]
     assert g["warm"]["users"] == int((pop_bins <= 7).sum())
+    freq = [n for n in g if n.startswith("freq")]
+    assert sum(g[n]["users"] for n in freq) == res.n_users
+    counts = split.train_item_counts[split.test_targets]
+    assert g.get("freq1-10", {"users": 0})["users"] == int(((counts >= 1) & (counts <= 10)).sum())
+
+
+def test_count_group_names():
+    from padrec.data.split import count_group
+
+    assert [count_group(n) for n in (0, 1, 10, 11, 50, 200, 201)] == [
+        "freq0",
+        "freq1-10",
+        "freq1-10",
+        "freq11-50",
+        "freq11-50",
+        "freq51-200",
+        "freq>200",
+    ]
 
 
 # -- sampled negatives -----------------------------------------------------------------------
