@@ -275,6 +275,12 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
 
 
+def _steps_per_epoch(n_batches: int, limit: float) -> int:
+    """Lightning's reading of ``limit_train_batches``: a count when above 1, else a fraction (few steps: log
+    every one rather than warn that the epoch is shorter than the logging interval)."""
+    return min(n_batches, int(limit)) if limit > 1 else int(n_batches * limit)
+
+
 def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> Path:
     """Fit ``rec`` on ``split``; the best validation checkpoint is restored and saved in ``run_dir``."""
     cfg = rec.train_cfg
@@ -318,7 +324,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         limit_train_batches=cfg.limit_train_batches,
         precision=cfg.precision,
         num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(10, len(loader))),  # tiny data: log each step rather than warn
+        log_every_n_steps=max(1, min(10, _steps_per_epoch(len(loader), cfg.limit_train_batches))),
         deterministic=False,
     )
     last_path = ckpt_dir / "last.ckpt"
