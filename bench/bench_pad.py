@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from padrec.data.registry import load_dataset
-from padrec.data.split import leave_one_out
+from padrec.data.split import COUNT_EDGES, count_group, leave_one_out
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.report import git_commit, merge_bench
@@ -35,6 +35,7 @@ from padrec.train.config import parse_overrides
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / ".work" / "pad"
 GROUPS = [*(f"bin{i}" for i in range(1, 11)), "unseen", "cold", "warm"]
+GROUPS += [count_group(n) for n in (*COUNT_EDGES, COUNT_EDGES[-1] + 1)]  # freq0, freq1-10, ..., freq>200
 
 
 def _seed_values(result, seed: int) -> dict:
@@ -56,7 +57,8 @@ def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
                 out[f"{m}_std"] = float(np.std(vals))
         return out
 
-    groups = {g: agg([s["groups"][g] for s in per_seed if g in s["groups"]]) for g in GROUPS}
+    # a group every seed reports (a seed stored before a group existed must not turn a mean into one seed's)
+    groups = {g: agg([s["groups"][g] for s in per_seed]) for g in GROUPS if all(g in s["groups"] for s in per_seed)}
     return agg(per_seed), {g: v for g, v in groups.items() if v}
 
 
