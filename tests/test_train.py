@@ -78,6 +78,17 @@ def test_plateau_schedule_lowers_the_rate_after_lr_patience_flat_validations(ml1
     assert json.loads(times_path.read_text())["ndcg"] == pytest.approx([0.10, 0.20, 0.15, 0.14, 0.13, 0.12, 0.11, 0.10])
 
 
+def test_resume_takes_the_patience_of_the_new_config(ml100k_split, tmp_path, monkeypatch):
+    import padrec.train.trainer as trainer
+
+    scores = iter([0.20, 0.10, 0.10, 0.10, 0.10])
+    monkeypatch.setattr(trainer, "validation_ndcg", lambda *a, **k: next(scores))
+    fast = {"limit_train_batches": 2, "max_epochs": 10}
+    _sasrec(patience=1, **fast).fit(ml100k_split, run_dir=tmp_path)  # stops at the first flat validation (epoch 1)
+    _sasrec(patience=3, **fast).fit(ml100k_split, run_dir=tmp_path, resume=True)  # 2 more flat ones allowed
+    assert read_metrics(tmp_path).dropna(subset=["val_ndcg10"])["epoch"].tolist() == [0, 1, 2, 3]
+
+
 def test_unknown_schedule_is_rejected():
     from padrec.train.config import ConfigError, resolve
 

@@ -275,6 +275,16 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
 
 
+class _ConfiguredEarlyStopping(EarlyStopping):
+    """Early stopping whose ``patience`` is the run's config even on ``--resume``: Lightning restores the
+    checkpoint's, so ``--resume patience=8`` after a patience-4 stop would stop again at once."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+
 def _steps_per_epoch(n_batches: int, limit: float) -> int:
     """Lightning's reading of ``limit_train_batches``: a count when above 1, else a fraction (few steps: log
     every one rather than warn that the epoch is shorter than the logging interval)."""
@@ -297,7 +307,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     # every epoch, for --resume (``save_last=True`` on ``best`` only rewrites it when ``best`` improves, so a
     # resumed run would repeat every epoch since the last improvement)
     last = ModelCheckpoint(ckpt_dir, filename="last", enable_version_counter=False)
-    stop = EarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience, strict=cfg.val_every == 1)
+    stop = _ConfiguredEarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience, strict=cfg.val_every == 1)
     # one log folder per (re)start: a resumed run must never overwrite the earlier epochs' logs
     version = f"run{len(list((run_dir / 'logs').glob('run*')))}"
     loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=version)]
