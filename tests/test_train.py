@@ -89,6 +89,15 @@ def test_resume_takes_the_patience_of_the_new_config(ml100k_split, tmp_path, mon
     assert read_metrics(tmp_path).dropna(subset=["val_ndcg10"])["epoch"].tolist() == [0, 1, 2, 3]
 
 
+def test_early_stopping_state_keeps_lightnings_key():
+    # runs checkpointed before padrec's subclass (plain EarlyStopping) must resume with their early-stopping count
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from padrec.train.trainer import _ConfiguredEarlyStopping
+
+    assert _ConfiguredEarlyStopping("val_ndcg10", mode="max").state_key == EarlyStopping("val_ndcg10", mode="max").state_key
+
+
 def test_unknown_schedule_is_rejected():
     from padrec.train.config import ConfigError, resolve
 

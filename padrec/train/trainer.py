@@ -279,6 +279,10 @@ class _ConfiguredEarlyStopping(EarlyStopping):
     """Early stopping whose ``patience`` is the run's config even on ``--resume``: Lightning restores the
     checkpoint's, so ``--resume patience=8`` after a patience-4 stop would stop again at once."""
 
+    @property
+    def state_key(self) -> str:  # Lightning's own key, so checkpoints of either class resume into the other
+        return f"EarlyStopping{ {'monitor': self.monitor, 'mode': self.mode}!r}"
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         patience = self.patience
         super().load_state_dict(state_dict)
