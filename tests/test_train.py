@@ -95,7 +95,8 @@ def test_early_stopping_state_keeps_lightnings_key():
 
     from padrec.train.trainer import _ConfiguredEarlyStopping
 
-    assert _ConfiguredEarlyStopping("val_ndcg10", mode="max").state_key == EarlyStopping("val_ndcg10", mode="max").state_key
+    ours, lightnings = _ConfiguredEarlyStopping("val_ndcg10", mode="max"), EarlyStopping("val_ndcg10", mode="max")
+    assert ours.state_key == lightnings.state_key
 
 
 def test_unknown_schedule_is_rejected():
