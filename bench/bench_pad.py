@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from padrec.data.registry import load_dataset
-from padrec.data.split import COUNT_EDGES, count_group, leave_one_out
+from padrec.data.split import COUNT_GROUPS, leave_one_out
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.report import git_commit, merge_bench
@@ -34,15 +34,17 @@ from padrec.train.config import parse_overrides
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / ".work" / "pad"
-GROUPS = [*(f"bin{i}" for i in range(1, 11)), "unseen", "cold", "warm"]
-GROUPS += [count_group(n) for n in (*COUNT_EDGES, COUNT_EDGES[-1] + 1)]  # freq0, freq1-10, ..., freq>200
+GROUPS = [*(f"bin{i}" for i in range(1, 11)), "unseen", "cold", "warm", *COUNT_GROUPS]
+
+
+def _hr_ndcg(d: dict) -> dict:
+    return {m: d[m] for m in ("HR@10", "NDCG@10") if m in d}
 
 
 def _seed_values(result, seed: int) -> dict:
     """One seed's HR/NDCG@10, overall and per group: what a record keeps so later seeds can be added."""
-    pick = lambda d: {m: d[m] for m in ("HR@10", "NDCG@10") if m in d}  # noqa: E731
-    groups = {g: pick(result.groups[g]) for g in GROUPS if g in result.groups}
-    return {"seed": seed, **pick(result.overall), "groups": {g: v for g, v in groups.items() if v}}
+    groups = {g: _hr_ndcg(result.groups[g]) for g in GROUPS if g in result.groups}
+    return {"seed": seed, **_hr_ndcg(result.overall), "groups": {g: v for g, v in groups.items() if v}}
 
 
 def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
@@ -90,8 +92,8 @@ def _stored_seeds(rec: dict) -> list[dict]:
             f"{rec['dataset']} {rec['model']}: the stored record over seeds {rec['seeds']} has no "
             "per-seed values to add to; rerun every seed in one call"
         )
-    keep = lambda d: {m: d[m] for m in ("HR@10", "NDCG@10") if m in d}  # noqa: E731
-    return [{"seed": rec["seeds"][0], **keep(rec["metrics"]), "groups": {g: keep(v) for g, v in rec["groups"].items()}}]
+    groups = {g: _hr_ndcg(v) for g, v in rec["groups"].items()}
+    return [{"seed": rec["seeds"][0], **_hr_ndcg(rec["metrics"]), "groups": groups}]
 
 
 def _add_seeds(stored: dict, new: dict) -> dict:
@@ -106,9 +108,10 @@ def _add_seeds(stored: dict, new: dict) -> dict:
     if both:
         raise SystemExit(f"{new['dataset']} {new['model']}: seeds {sorted(both)} are already in the stored record")
     per_seed = sorted(_stored_seeds(stored) + new["per_seed"], key=lambda s: s["seed"])
+    metrics, groups = _aggregate(per_seed)
     out = dict(stored)
-    out["metrics"] = {**stored["metrics"], **_aggregate(per_seed)[0]}  # keeps seed-0 extras (experts, concordance)
-    out["groups"] = _aggregate(per_seed)[1]
+    out["metrics"] = {**stored["metrics"], **metrics}  # keeps seed-0 extras (experts, concordance)
+    out["groups"] = groups
     out.update(seeds=[s["seed"] for s in per_seed], per_seed=per_seed, config=new["config"], date=new["date"])
     out["commit"] = f"{stored['commit']}+{new['commit']}"
     out["note"] = f"{stored['note']}; seeds {new['seeds']} added by a later run (commit {new['commit']})"

@@ -191,6 +191,10 @@ def count_group(n: int, edges: tuple[int, ...] = COUNT_EDGES) -> str:
     return f"freq>{edges[-1]}"
 
 
+#: Every count group's name, in report order: freq0, freq1-10, ..., freq>200.
+COUNT_GROUPS: tuple[str, ...] = tuple(count_group(e) for e in (*COUNT_EDGES, COUNT_EDGES[-1] + 1))
+
+
 #: Upper bounds (inclusive) of the user history-length groups used in reports.
 LENGTH_EDGES: tuple[int, ...] = (5, 10, 20, 50, 100)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from padrec.data.split import COUNT_EDGES, Split, Stage, bin_name, count_group, length_group
+from padrec.data.split import COUNT_EDGES, COUNT_GROUPS, Split, Stage, bin_name, length_group
 from padrec.eval.metrics import metrics_from_ranks, sampled_ranks, target_ranks
 from padrec.eval.negatives import load_or_draw_negatives
 from padrec.eval.protocol import Protocol
@@ -123,8 +123,8 @@ class Evaluator:
         out["warm"] = ~cold
         out["cold"] = cold
         freq = np.searchsorted(np.asarray(COUNT_EDGES), split.train_item_counts[targets])  # group index per user
-        for k, edge in enumerate((*COUNT_EDGES, COUNT_EDGES[-1] + 1)):
-            out[count_group(edge)] = freq == k
+        for k, name in enumerate(COUNT_GROUPS):
+            out[name] = freq == k
         end = split.valid_hist_end if stage == "valid" else split.test_hist_end
         lengths = end[users] - split.dataset.offsets[users]
         uniq, inverse = np.unique(lengths, return_inverse=True)
