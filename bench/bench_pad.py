@@ -160,9 +160,14 @@ def main() -> None:
         help="add these seeds to the stored records of the same settings (seeds run as separate processes)",
     )
     ap.add_argument("--serving-only", action="store_true", help="re-time serving of the first seed's finished run")
+    ap.add_argument("--plot-only", action="store_true", help="redraw results/pad_<dataset>.png from pad.json only")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
+    if args.plot_only:
+        records = json.loads((ROOT / "results" / "pad.json").read_text())["records"]
+        print(_plot(records, args.dataset))
+        return
     split = leave_one_out(load_dataset(args.dataset))
     if args.serving_only:
         run_dir = WORK / args.dataset / f"{args.backbone}-seed{args.seeds[0]}"
@@ -288,15 +293,22 @@ def _merge(new: list[dict], replace: bool = False, add_seeds: bool = False) -> N
         _plot(records, dataset)
 
 
-def _plot(records: list[dict], dataset: str) -> Path:
-    """``results/pad_<dataset>.png``: NDCG@10 per popularity bin, every accuracy record, ± std over seeds."""
+def _plot(records: list[dict], dataset: str, max_series: int = 6) -> Path:
+    """``results/pad_<dataset>.png``: NDCG@10 per popularity bin ± std over seeds, and each PAD row's change
+    against its own backbone (percent). Drawn: every backbone and its plain ``pad-<backbone>``, then the variants
+    with the largest overall gain over their backbone, up to ``max_series``; pad.md lists every record."""
     from padrec.eval.plots import plot_groups
 
     rows = [r for r in records if r["task"] == "accuracy" and r["dataset"] == dataset]
+    if not rows:
+        raise SystemExit(f"no accuracy records for {dataset!r} in pad.json")
+
+    def backbone(r: dict) -> str:
+        return r["model"].removeprefix("pad-").split("-")[0]
 
     # each backbone, then its PAD rows: sasrec, pad-sasrec, pad-sasrec-aux, gru4rec, pad-gru4rec
     def order(r: dict) -> tuple:
-        base = r["model"].removeprefix("pad-").split("-")[0]
+        base = backbone(r)
         return (base != "sasrec", base, r["model"] != base, r["model"])
 
     rows.sort(key=order)
@@ -307,10 +319,14 @@ def _plot(records: list[dict], dataset: str) -> Path:
         return {g: src[g][key] for g in groups if key in src.get(g, {})}
 
     label = {id(r): f"{r['model']} ({len(r['seeds'])} seed{'s' if len(r['seeds']) > 1 else ''})" for r in rows}
+    by_model = {r["model"]: label[id(r)] for r in rows}
     series = {label[id(r)]: pick(r, "NDCG@10") for r in rows}
     errors = {label[id(r)]: pick(r, "NDCG@10_std") for r in rows}
-    title = f"{dataset}: NDCG@10 per item-popularity bin (bin1 = most popular), full ranking"
-    return plot_groups(series, ROOT / "results" / f"pad_{dataset}.png", groups, errors, title=title)
+    baseline = {label[id(r)]: by_model[backbone(r)] for r in rows if backbone(r) in by_model}
+    keep = [by_model[m] for m in (f"pad-{backbone(r)}" for r in rows if r["model"] == backbone(r)) if m in by_model]
+    title = f"{dataset}: NDCG@10 per item-popularity bin (bin1 = most popular), full ranking, mean ± std over seeds"
+    out = ROOT / "results" / f"pad_{dataset}.png"
+    return plot_groups(series, out, groups, errors, title=title, baseline=baseline, keep=keep, max_series=max_series)
 
 
 def _markdown(records: list[dict]) -> str:

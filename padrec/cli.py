@@ -9,10 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
+from padrec.cli_errors import OneLineUsage, check_catalogue, check_choice, check_run_dir, fit_or_exit, make_plain
 from padrec.cli_errors import fail as _fail
 from padrec.cli_errors import run_or_exit as _run
+from padrec.cli_options import DataRef, ItemCol, ItemIdCol, Items, Quiet, TextCols, TimeCol, UserCol
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, statistics, download.")
 app.add_typer(data_app, name="data")
 
@@ -36,15 +38,25 @@ def data_list() -> None:
 def data_info(
     name: Annotated[str, typer.Argument(help="Dataset name (see `padrec data list`) or a file path.")],
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
     as_json: AsJson = False,
 ) -> None:
     """Statistics of the raw dataset and of its prepared (benchmark) form."""
     from padrec.data.registry import load_dataset, load_raw
     from padrec.data.stats import describe
 
+    ref = DataRef.of(name, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+
     def go() -> dict:
-        raw = load_raw(name, data_dir) if not Path(name).exists() else load_dataset(name, data_dir, use_cache=False)
-        prepared = load_dataset(name, data_dir)
+        kw = {"items": ref.items, "columns": ref.columns}
+        own = Path(name).exists()
+        raw = load_dataset(name, data_dir, use_cache=False, **kw) if own else load_raw(name, data_dir, **kw)
+        prepared = load_dataset(name, data_dir, **kw)
         return {**describe(raw), "prepared": describe(prepared), "options": prepared.meta.get("options")}
 
     info = _run(go)
@@ -52,13 +64,33 @@ def data_info(
         typer.echo(json.dumps(info, indent=2, default=str))
         return
     rows = [("", "raw", "prepared")]
-    for key in ("users", "items", "interactions", "density", "avg_len", "median_len", "min_len", "max_len"):
+    keys = ("users", "items", "new_items", "interactions", "density", "avg_len", "median_len", "min_len", "max_len")
+    for key in keys:
         fmt = (lambda v: f"{v:,}") if isinstance(info[key], int) else (lambda v: f"{v:.4g}")
         rows.append((key, fmt(info[key]), fmt(info["prepared"][key])))
     typer.echo(f"dataset {info['dataset']}  (prepared with {info['options']})")
     for r in rows:
         typer.echo(f"  {r[0]:14s}{r[1]:>14s}{r[2]:>14s}")
     typer.echo(f"  text columns: {', '.join(info.get('text_columns') or []) or 'none'}")
+
+
+@data_app.command("export")
+def data_export(
+    name: Annotated[str, typer.Argument(help="Dataset name (see `padrec data list`) or a file path.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder for interactions.csv and items.csv.")],
+    data_dir: DataDir = None,
+    holdout_items: Annotated[
+        float, typer.Option(help="Share of items whose interactions are removed (kept in items.csv: new items).")
+    ] = 0.0,
+    seed: int = 0,
+) -> None:
+    """Write a prepared dataset as own data: interactions.csv + items.csv (try `--items` on real data)."""
+    from padrec.data.export import export_csv
+    from padrec.data.registry import load_dataset
+
+    ds = _run(lambda: load_dataset(name, data_dir))
+    inter, items, held = _run(lambda: export_csv(ds, out_dir, holdout_items, seed))
+    typer.echo(f"{inter} ({ds.n_interactions:,} rows minus those of {len(held):,} held-out items)\n{items}")
 
 
 @data_app.command("download")
@@ -75,12 +107,21 @@ def data_download(
     typer.echo(f"{name}: ready in {path}")
 
 
-def _load_split(dataset: str, data_dir: Path | None, split: str = "loo") -> Any:
-    from padrec.data.registry import load_dataset
+def _load_split(ref: DataRef, split: str = "loo", quiet: bool = False) -> Any:
+    from padrec.cli_options import announce_new_items
     from padrec.data.split import leave_one_out, time_split
 
-    ds = _run(lambda: load_dataset(dataset, data_dir))
+    ds = _run(ref.load)
+    announce_new_items(ds, quiet)
     return leave_one_out(ds) if split == "loo" else _run(lambda: time_split(ds))
+
+
+def _quiet(quiet: bool, as_json: bool) -> bool:
+    """``--quiet`` and ``--json`` print the result only: no progress, no notes."""
+    from padrec.progress import set_quiet
+
+    set_quiet(quiet or as_json)
+    return quiet or as_json
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
@@ -92,46 +133,50 @@ def train(
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/MODEL-TIME).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
     evaluate: Annotated[bool, typer.Option(help="Evaluate the best checkpoint on test afterwards.")] = True,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
     """Train a model; extra arguments are config overrides such as `lr=0.002 model.d=128`."""
+    from padrec.eval.runreport import train_report
     from padrec.models import get_model_class
     from padrec.train.config import parse_overrides, resolve
-    from padrec.train.trainer import default_run_dir
+    from padrec.train.trainer import check_loggers, default_run_dir
 
     if resume and run_dir is None:
         _fail("--resume needs --run-dir")
+    check_run_dir(run_dir, resume)
+    quiet = _quiet(quiet, as_json)
     cls = _run(lambda: get_model_class(model))
     overrides = _run(lambda: parse_overrides(list(ctx.args)))
-    split = _load_split(dataset, data_dir)
+    ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    split = _load_split(ref, quiet=quiet)
     if hasattr(cls, "config_cls"):
         params, tcfg = _run(lambda: resolve(model, cls.config_cls, split.dataset.name, overrides))
+        _run(lambda: check_loggers(tcfg))  # a missing logger package fails now, not after the data is loaded
         rec = cls(params=params.model_dump(), train=tcfg.model_dump())
     else:
-        rec = _run(lambda: cls(**overrides))
+        rec = make_plain(cls, overrides, model)
     run_dir = run_dir or default_run_dir(split.dataset.name, model)
+    fresh = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_dataset_ref(run_dir, dataset, data_dir, split.dataset)
+    ref.write(run_dir, split.dataset)
     if hasattr(cls, "config_cls"):
-        rec.fit(split, run_dir=run_dir, resume=resume)
+        fit_or_exit(lambda: rec.fit(split, run_dir=run_dir, resume=resume), run_dir, fresh)
     else:
         rec.fit(split)
         rec.save(run_dir)
-    typer.echo(f"saved {run_dir}", err=True)
-    if evaluate:
-        _evaluate_and_print(rec, split, run_dir, as_json=as_json)
-
-
-def _write_dataset_ref(run_dir: Path, dataset: str, data_dir: Path | None, ds: Any) -> None:
-    from padrec.utils import atomic_write_text
-
-    ref = {
-        "dataset": dataset,
-        "name": ds.name,
-        "data_dir": str(data_dir) if data_dir else None,
-        "options": ds.meta.get("options"),
-    }
-    atomic_write_text(run_dir / "dataset.json", json.dumps(ref, indent=2, default=str))
+    if not quiet:
+        typer.echo(f"saved {run_dir}", err=True)
+    res = _evaluate_and_print(rec, split, run_dir, as_json=as_json) if evaluate else None
+    report = train_report(run_dir, split.dataset, res)  # RUN/report.md: config, data, results, plots
+    if not quiet:
+        typer.echo(f"report: {report}", err=True)
 
 
 def _evaluate_and_print(
@@ -141,16 +186,17 @@ def _evaluate_and_print(
     protocol: Any = None,
     stage: str = "test",
     as_json: bool = False,
-) -> None:
+) -> Any:
     from padrec.eval.evaluator import Evaluator
     from padrec.eval.protocol import Protocol
     from padrec.utils import atomic_write_text
 
-    res = Evaluator(split, protocol or Protocol()).run(rec, stage=stage)
+    res = _run(lambda: Evaluator(split, protocol or Protocol()).run(rec, stage=stage))
     res.model = getattr(rec, "label", rec.name)
     if run_dir is not None:
         atomic_write_text(run_dir / f"metrics-{res.protocol}-{stage}.json", res.to_json())
     typer.echo(res.to_json() if as_json else res.table())
+    return res
 
 
 @app.command()
@@ -171,22 +217,40 @@ def evaluate(
         typer.Option(help="pop only: count test/valid targets in popularity (a LEAK; reproduces S3Rec's row)."),
     ] = False,
     seed: int = 0,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
     """Evaluate a model under a named protocol; results per popularity bin and history length."""
     from padrec.eval.protocol import Protocol
     from padrec.models import Recommender, get_model_class
 
+    quiet = _quiet(quiet, as_json)
+    check_choice("--protocol", protocol, ("full", "sampled"))
+    check_choice("--sampler", sampler, ("uniform", "popularity"))
+    check_choice("--stage", stage, ("test", "valid"))
+    check_choice("--split", split, ("loo", "time"))
     proto = _run(lambda: Protocol(kind=protocol, sampler=sampler, n_negatives=n_negatives, seed=seed))
+    given = None
+    if dataset:
+        given = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
     if run is not None:
-        refs = [p / "dataset.json" for p in (run, run.parent) if (p / "dataset.json").exists()]
-        ref = json.loads(refs[0].read_text()) if refs else None
-        if ref is None and dataset is None:
+        rec = _run(lambda: Recommender.load(run))  # a missing or broken run fails before the data loads
+        stored = _run(lambda: DataRef.read(run))
+        if given is None and stored is None:
             _fail(f"{run}/dataset.json is missing: pass --dataset")
-        sp = _load_split(dataset or ref["dataset"], data_dir or (ref or {}).get("data_dir"), split)
-        rec = _run(lambda: Recommender.load(run))
-    elif model is not None and dataset is not None:
-        sp = _load_split(dataset, data_dir, split)
+        ref = given or stored
+        if given is None and data_dir is not None:
+            ref.data_dir = str(data_dir)
+        sp = _load_split(ref, split, quiet)
+        check_catalogue(rec, sp.dataset, run)
+    elif model is not None and given is not None:
+        sp = _load_split(given, split, quiet)
         cls = _run(lambda: get_model_class(model))
         rec = cls(count_test=True) if count_test and model == "pop" else cls()
         if hasattr(cls, "config_cls"):
@@ -214,11 +278,12 @@ def recommend(
 
     rec = _run(lambda: Recommender.load(run))
     if add_item:
+        pairs = [a.partition("=") for a in add_item]
+        bad = next((a for a, (i, sep, _) in zip(add_item, pairs, strict=True) if not sep or not i.strip()), None)
+        if bad is not None:
+            _fail(f"--add-item {bad!r}: expected ID=text")
         if not getattr(rec, "can_add_items", False):
             _fail(f"model {rec.name!r} cannot score items it was not trained on (PAD runs can)")
-        pairs = [a.partition("=") for a in add_item]
-        if any(not sep or not i.strip() for i, sep, _ in pairs):
-            _fail("--add-item expects ID=text")
         _run(lambda: rec.add_items([{"id": i.strip(), "text": t, "title": t} for i, _, t in pairs]))
     items = [h.strip() for h in history.split(",") if h.strip()]
     if not items:
@@ -241,6 +306,16 @@ def pad(
     ] = ("minilm"),
     data_dir: DataDir = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/pad-BACKBONE).")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Named configuration: paper (the published design) or simfrozen (padrec's).")
+    ] = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
     """PAD: pre-train → embed → align → disentangle (finished stages are reused), then one comparison table.
@@ -250,23 +325,30 @@ def pad(
     for title similarity to the last item), training keys (lr=0.001 max_epochs=50), and backbone keys
     with a prefix (backbone.d=128 backbone.max_epochs=100).
     """
-    from padrec.pad.pipeline import comparison_table, run_pad
+    from padrec.eval.runreport import pad_report
+    from padrec.pad.pipeline import check_overrides, comparison_table, run_pad
     from padrec.train.config import parse_overrides
 
+    quiet = _quiet(quiet, as_json)
     overrides = _run(lambda: parse_overrides(list(ctx.args)))
-    split = _load_split(dataset, data_dir)
+    ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    split = _load_split(ref, quiet=quiet)
+    _run(lambda: check_overrides(split, backbone, overrides))
     run_dir = run_dir or Path("runs") / split.dataset.name / f"pad-{backbone}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_dataset_ref(run_dir, dataset, data_dir, split.dataset)
+    ref.write(run_dir, split.dataset)
     out = _run(lambda: run_pad(split, run_dir, backbone=backbone, encoder=encoder, overrides=overrides))
-    if out.skipped:
+    report = pad_report(run_dir, split.dataset, out.results)  # RUN/report.md: config, data, results, plots
+    if out.skipped and not quiet:
         typer.echo(f"reused finished stages: {', '.join(out.skipped)}", err=True)
     if as_json:
         typer.echo(json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2))
     else:
         typer.echo(comparison_table(out.results))
-        if (run_dir / "bins.png").exists():
+        if (run_dir / "bins.png").exists() and not quiet:
             typer.echo(f"per-bin plot: {run_dir / 'bins.png'}")
+    if not quiet:
+        typer.echo(f"report: {report}", err=True)
 
 
 def _register_extras() -> None:

@@ -446,8 +446,9 @@ def test_describe_keys(ml1m_raw):
     info = describe(ml1m_raw)
     assert set(info) == {
         "dataset", "users", "items", "interactions", "density", "avg_len", "median_len", "min_len",
-        "max_len", "has_timestamps", "text_columns", "empty_titles",
+        "max_len", "new_items", "has_timestamps", "text_columns", "empty_titles",
     }  # fmt: skip
+    assert info["new_items"] == 0
     assert info["min_len"] == 20 and info["max_len"] == 2314 and info["median_len"] == 96
     assert info["has_timestamps"] is False and info["text_columns"] == ["title", "genres", "year"]
     assert abs(info["density"] - 1_000_209 / (6040 * 3706)) < 1e-12

@@ -96,14 +96,21 @@ def test_everything_filtered_away(tmp_path, cache):
     assert_nothing_cached(cache)
 
 
-def test_item_table_with_ids_absent_from_interactions(tmp_path):
+def test_item_table_sharing_no_id_with_interactions(tmp_path):
     inter = write(tmp_path, "ratings.csv", "user,item\n1,a\n2,b\n")
-    items = write(tmp_path, "items.csv", "item,title\na,A\nb,B\nzz,Zed\nyy,Why\n")
+    items = write(tmp_path, "items.csv", "item,title\nzz,Zed\nyy,Why\n")
     with pytest.raises(DataError) as e:
         load_interactions(inter, items_path=items)
     msg = str(e.value)
-    assert msg.startswith(f"{items}, field 'item': 2 item id(s) never occur in the interactions of ratings.csv")
+    assert msg.startswith(f"{items}, field 'item': none of its 2 item ids occurs in the interactions of ratings.csv")
     assert "'zz', 'yy'" in msg
+
+
+def test_item_table_text_column_missing(tmp_path):
+    inter = write(tmp_path, "ratings.csv", "user,item\n1,a\n")
+    items = write(tmp_path, "items.csv", "item,title\na,A\n")
+    with pytest.raises(DataError, match=r"items\.csv, line 1: missing column\(s\) 'blurb'.*text_cols="):
+        load_interactions(inter, items_path=items, text_cols=["blurb"])
 
 
 def test_item_table_duplicate_id(tmp_path):

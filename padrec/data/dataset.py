@@ -105,14 +105,21 @@ def from_sequences(
     timestamps: Sequence[Sequence[int]] | None = None,
     item_table: pd.DataFrame | None = None,
     meta: dict | None = None,
+    keep_unseen_items: bool = False,
 ) -> SeqDataset:
     """Build a dataset from external ids; items are numbered by first appearance (1..n).
 
     ``item_table``, when given, is indexed by external item id; its rows are reordered to the
-    internal numbering and rows for items absent from the sequences are rejected by the caller.
+    internal numbering. Rows for items absent from the sequences are dropped, unless
+    ``keep_unseen_items``: then they become items ``n+1..`` (in table order) with no interactions,
+    the brand-new items a catalogue holds before anyone has used them.
     """
     flat = [str(i) for seq in sequences for i in seq]
     codes, uniques = pd.factorize(pd.Series(flat, dtype=object), sort=False)
+    if keep_unseen_items and item_table is not None:
+        known = set(map(str, uniques))
+        extra = [str(i) for i in item_table.index if str(i) not in known]
+        uniques = pd.Index([*map(str, uniques), *extra], dtype=object)
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

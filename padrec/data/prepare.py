@@ -9,6 +9,8 @@ Steps, in this order (each one only removes interactions, never reorders them):
 3. ``max_len``: keep each user's most recent ``max_len`` interactions.
 4. ``min_user_len``: drop users left with fewer interactions (applied once, after truncation).
 Users left with no interactions are always removed. Counts of what was dropped go to ``meta['dropped']``.
+Items that have no interaction in the raw data at all (an item table's brand-new items) are never
+filtered: they are kept after the interacted items, for models that score items from text.
 Users with 1-2 interactions are kept: :func:`~padrec.data.split.leave_one_out` trains on them without
 evaluating them.
 """
@@ -118,6 +120,8 @@ def prepare(ds: SeqDataset, opts: PrepOptions | None = None) -> SeqDataset:
 
     new_items_old = items[keep]
     codes, uniq = pd.factorize(new_items_old, sort=False)
+    never_used = np.flatnonzero(np.bincount(items, minlength=n_items + 1)[1:] == 0) + 1
+    uniq = np.concatenate([uniq, never_used]).astype(np.int64)
     lengths = np.bincount(uid[keep], minlength=n_users)[users_kept]
     offsets = np.zeros(len(users_kept) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -130,6 +134,7 @@ def prepare(ds: SeqDataset, opts: PrepOptions | None = None) -> SeqDataset:
     meta = {k: v for k, v in ds.meta.items() if k not in ("options", "dropped", "raw")}
     meta.update(
         options=opts.model_dump(),
+        new_items=len(never_used),
         raw={"users": n_users, "items": n_items, "interactions": ds.n_interactions},
         dropped={
             "users": n_users - len(users_kept),

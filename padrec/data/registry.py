@@ -12,10 +12,12 @@ others are unknown, so those archives are only checked by size and by the files 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from padrec.data.dataset import SeqDataset
 from padrec.data.errors import DataError
@@ -185,8 +187,36 @@ class _Source:
     options: PrepOptions
 
 
-def _resolve(name_or_path: str | Path, data_dir: str | Path | None) -> _Source:
+#: Options of :func:`padrec.data.loaders.own.load_interactions` that name columns (``columns=`` below).
+COLUMN_OPTIONS = ("user_col", "item_col", "time_col", "rating_col", "item_id_col", "text_cols", "sep")
+
+
+def _check_own_options(key: str, items: str | Path | None, columns: dict[str, Any]) -> None:
+    unknown = sorted(set(columns) - set(COLUMN_OPTIONS))
+    if unknown:
+        raise DataError(
+            None, f"unknown column option(s) {', '.join(map(repr, unknown))}; known: {', '.join(COLUMN_OPTIONS)}"
+        )
+    if (items is not None or columns) and key in DATASETS:
+        given = "an items file" if items is not None else f"column option(s) {', '.join(columns)}"
+        raise DataError(
+            None,
+            f"{given} given for the named dataset {key!r}: those are for your own interaction files "
+            "(CSV/TSV/Parquet); named datasets bring their own item text",
+        )
+
+
+def _resolve(
+    name_or_path: str | Path,
+    data_dir: str | Path | None,
+    items: str | Path | None = None,
+    columns: dict[str, Any] | None = None,
+) -> _Source:
     key = str(name_or_path)
+    columns = {k: v for k, v in (columns or {}).items() if v is not None}
+    _check_own_options(key, items, columns)
+    if items is not None or columns:
+        return _resolve_own(Path(name_or_path).expanduser(), items, columns)
     if key in DATASETS:
         spec = DATASETS[key]
         _, files = locate(key, data_dir)
@@ -236,9 +266,37 @@ def _resolve_path(path: Path, data_dir: str | Path | None) -> _Source:
     )
 
 
-def load_raw(name: str | Path, data_dir: str | Path | None = None) -> SeqDataset:
+def _resolve_own(path: Path, items: str | Path | None, columns: dict[str, Any]) -> _Source:
+    """An interactions table with an items file and/or named columns."""
+    if not path.is_file():
+        raise DataError(path, "no such file (an items file or column options need an interactions file)")
+    if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".parquet", ".pq"):
+        raise DataError(
+            path,
+            "an items file and column options go with a CSV/TSV/Parquet interactions file; sequence files have "
+            "no columns and RecBole folders bring their own .item file",
+        )
+    files = {"interactions": path}
+    if items is not None:
+        items = Path(items).expanduser()
+        if not items.is_file():
+            raise DataError(items, "items file not found")
+        files["items"] = items
+    if isinstance(columns.get("text_cols"), str):
+        columns["text_cols"] = [c.strip() for c in columns["text_cols"].split(",") if c.strip()]
+    load = partial(own.load_interactions, path, name=path.stem, items_path=items, **columns)
+    loader = "interactions:" + json.dumps(columns, sort_keys=True)  # other columns, other dataset: other cache key
+    return _Source(path.stem, files, load, loader, PrepOptions())
+
+
+def load_raw(
+    name: str | Path,
+    data_dir: str | Path | None = None,
+    items: str | Path | None = None,
+    columns: dict[str, Any] | None = None,
+) -> SeqDataset:
     """The dataset exactly as in its files (no filtering, no cache); a name or a path."""
-    return _resolve(name, data_dir).load()
+    return _resolve(name, data_dir, items, columns).load()
 
 
 def load_dataset(
@@ -246,13 +304,17 @@ def load_dataset(
     data_dir: str | Path | None = None,
     options: PrepOptions | None = None,
     use_cache: bool = True,
+    items: str | Path | None = None,
+    columns: dict[str, Any] | None = None,
 ) -> SeqDataset:
     """The prepared dataset models train on.
 
     A registry name gets its benchmark options unless ``options`` is given; a path gets
     ``PrepOptions()`` by default. Results are cached (see :mod:`padrec.data.cache`).
+    ``items`` (an item text table) and ``columns`` (:data:`COLUMN_OPTIONS`, e.g. ``{"user_col": "uid"}``)
+    go with an interactions file; see :func:`padrec.data.loaders.own.load_interactions`.
     """
     from padrec.data.cache import load_prepared
 
-    src = _resolve(name_or_path, data_dir)
+    src = _resolve(name_or_path, data_dir, items, columns)
     return load_prepared(src.name, src.files, src.load, options or src.options, src.loader, use_cache)

@@ -34,6 +34,8 @@ def describe(ds: SeqDataset) -> dict:
         "median_len": float(np.median(lengths)) if n_users else 0.0,
         "min_len": int(lengths.min()) if n_users else 0,
         "max_len": int(lengths.max()) if n_users else 0,
+        # catalogue items nobody has interacted with (an item table's brand-new items)
+        "new_items": int((np.bincount(ds.items, minlength=n_items + 1)[1:] == 0).sum()),
         "has_timestamps": ds.timestamps is not None,
         "text_columns": text_columns,
         "empty_titles": empty_titles,

@@ -28,6 +28,15 @@ N_BINS = 10
 COLD_BINS: tuple[int, ...] = (8, 9, 10)
 
 
+def _added_items(model: Any, item_ids: np.ndarray) -> int:
+    """How many items ``model`` holds beyond the dataset's, when its first ids are exactly the dataset's."""
+    ids = getattr(model, "item_ids", None)
+    if ids is None or len(ids) <= len(item_ids):
+        return 0
+    same = np.array_equal(np.asarray(ids[: len(item_ids)], dtype=object), np.asarray(item_ids, dtype=object))
+    return len(ids) - len(item_ids) if same else 0
+
+
 def model_label(model: Any) -> str:
     """A model's display name: its ``label`` (e.g. ``pop-leak``), else its registry name."""
     return str(getattr(model, "label", None) or getattr(model, "name", "") or type(model).__name__)
@@ -74,6 +83,7 @@ class Evaluator:
             negs = negs[subset]
         by_user = bool(getattr(model, "uses_user_ids", False))
         width = split.n_items + 1
+        extra = _added_items(model, split.dataset.item_ids)
         out = np.empty(len(users), dtype=np.int64)
         bs = self.protocol.batch_size
         with torch.inference_mode():
@@ -83,6 +93,8 @@ class Evaluator:
                 scores = model.score(hist, users=users[lo:hi]) if by_user else model.score(hist)
                 if not isinstance(scores, torch.Tensor):
                     scores = torch.as_tensor(np.asarray(scores))
+                if extra:  # items added after training are not in this dataset: rank its catalogue only
+                    scores = scores[:, :width]
                 if tuple(scores.shape) != (hi - lo, width):
                     raise ValueError(
                         f"{model_label(model)}.score returned shape {tuple(scores.shape)}, "
@@ -99,7 +111,11 @@ class Evaluator:
         """Evaluate ``model`` on every user of ``stage``; ``groups=False`` skips the group breakdown."""
         ranks = self.ranks(model, stage)
         if len(ranks) == 0:
-            raise ValueError(f"no users with a {stage} target in split {self.split.kind!r}: nothing to evaluate")
+            hint = " (leave-one-out needs users with 3 or more interactions)" if self.split.kind == "loo" else ""
+            raise ValueError(
+                f"dataset {self.split.dataset.name!r}: no users with a {stage} target in split "
+                f"{self.split.kind!r}, nothing to evaluate{hint}"
+            )
         ks = self.protocol.ks
         return Results(
             protocol=self.protocol_name,

@@ -42,6 +42,9 @@ class Results:
             rows.append([name, str(int(m.get("users", 0))), *(_fmt(m.get(c)) for c in cols)])
         return ["group", "users", *cols], rows
 
+    def __str__(self) -> str:  # print(results) shows the table
+        return self.table()
+
     def title(self) -> str:
         return f"{self.model} on {self.dataset} ({self.stage}), protocol {self.protocol}"
 

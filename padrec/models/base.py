@@ -24,6 +24,32 @@ from padrec.utils import atomic_write_text
 _REGISTRY: dict[str, type[Recommender]] = {}
 
 
+def _read_json(path: Path) -> Any:
+    """A run file's JSON, or one line naming the file (and where the JSON breaks)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the run directory is incomplete")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """``model.pt`` as a state dict; a truncated or foreign file is one line naming it, not a pickle traceback."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the run directory is incomplete")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: cannot be read as padrec weights ({first[:200]})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
 @contextmanager
 def evaluating(net: torch.nn.Module | None) -> Iterator[None]:
     """Eval mode for one scoring call. Switches (and restores) only a net left in training mode, so
@@ -162,15 +188,29 @@ class Recommender(ABC):
     def load(cls, path: str | Path) -> Recommender:
         """Load any saved recommender; dispatches on ``config.json``'s ``model`` field."""
         path = Path(path)
-        cfg = json.loads((path / "config.json").read_text())
+        if not (path / "config.json").is_file():
+            hint = " (a PAD run keeps its model in pad/)" if (path / "pad" / "config.json").is_file() else ""
+            raise FileNotFoundError(f"{path} is not a saved padrec run (no config.json){hint}")
+        cfg = _read_json(path / "config.json")
+        if not isinstance(cfg, dict) or "model" not in cfg:
+            raise ValueError(f"{path / 'config.json'}: expected a JSON object with a 'model' field")
         klass = get_model_class(cfg.pop("model"))
-        model = klass(**cfg)
-        items = json.loads((path / "items.json").read_text())
+        try:
+            model = klass(**cfg)
+        except TypeError as e:  # a config.json written by another version, or edited by hand
+            raise ValueError(f"{path / 'config.json'}: does not fit model {klass.name!r} ({e})") from None
+        items = _read_json(path / "items.json")
+        if not isinstance(items, dict) or "item_ids" not in items:
+            raise ValueError(f"{path / 'items.json'}: expected a JSON object with an 'item_ids' list")
         model.item_ids = np.asarray(items["item_ids"], dtype=object)
         model.titles = items.get("titles")
         model._build()
-        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        state = _read_state(path / "model.pt")
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path / 'model.pt'}: weights do not match config.json ({first})") from None
         net = getattr(model, "net", None)
         if isinstance(net, torch.nn.Module):
             net.eval()  # loaded models serve: eval mode once, so score() never toggles it

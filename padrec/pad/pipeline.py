@@ -22,8 +22,9 @@ from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.results import Results
 from padrec.models.base import Recommender, get_model_class
+from padrec.models.sequential import SequentialRecommender
 from padrec.pad.recommender import PAD, PADAligned, PADText
-from padrec.train.config import resolve
+from padrec.train.config import ConfigError, resolve
 from padrec.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,25 @@ class PADRun:
     results: dict[str, Results] = field(default_factory=dict)
 
 
+#: Named PAD configurations (``padrec pad --preset NAME``, ``padrec.PAD(preset=NAME)``); explicit keys win.
+PRESETS: dict[str, dict[str, Any]] = {
+    # the paper's design: fresh text expert, all three experts fine-tuned in stage 3
+    "paper": {},
+    # padrec's cold-item variant: training-free title similarity to the last item as the third expert, the
+    # pre-trained experts frozen (only gates and the similarity scale learn); see README, Results
+    "simfrozen": {"experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"]},
+}
+
+
+def with_preset(preset: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """``overrides`` on top of the named preset's keys."""
+    if preset is None:
+        return dict(overrides or {})
+    if preset not in PRESETS:
+        raise ValueError(f"unknown PAD preset {preset!r}: known presets are {', '.join(PRESETS)}")
+    return {**PRESETS[preset], **(overrides or {})}
+
+
 def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``backbone.*`` keys go to the backbone (and its training), everything else to PAD's stages."""
     bb = {k.removeprefix("backbone."): v for k, v in overrides.items() if k.startswith("backbone.")}
@@ -56,8 +76,10 @@ def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[st
 
 
 def _pad_configs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from pydantic import ValidationError
+
     from padrec.pad.recommender import PADConfig
-    from padrec.train.config import ConfigError, TrainConfig
+    from padrec.train.config import ConfigError, TrainConfig, validation_message
 
     params: dict[str, Any] = {}
     train: dict[str, Any] = {}
@@ -73,7 +95,25 @@ def _pad_configs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
                 f"unknown PAD config key {key!r}; PAD keys: {', '.join(PADConfig.model_fields)}; "
                 f"train keys: {', '.join(TrainConfig.model_fields)}; backbone keys take a 'backbone.' prefix"
             )
+    try:  # bad values fail here, before any stage trains
+        PADConfig(**params)
+        TrainConfig(**train)
+    except ValidationError as e:
+        raise ConfigError(f"invalid PAD config: {validation_message(e)}") from None
     return params, train
+
+
+def check_overrides(split: Split, backbone: str = "sasrec", overrides: dict[str, Any] | None = None) -> None:
+    """Raise ConfigError for an unknown backbone or a bad PAD or backbone override, before anything is written."""
+    bb_over, pad_over = _split_overrides(overrides or {})
+    _pad_configs(pad_over)
+    cls = get_model_class(backbone)
+    if not issubclass(cls, SequentialRecommender):
+        raise ConfigError(f"backbone {backbone!r}: expected a sequential model (sasrec, gru4rec, bert4rec, caser)")
+    try:
+        resolve(backbone, cls.config_cls, split.dataset.name, bb_over)
+    except ConfigError as e:  # the user typed backbone.KEY: say so
+        raise ConfigError(f"backbone.* overrides: {e}") from None
 
 
 def run_pad(
@@ -87,6 +127,7 @@ def run_pad(
 ) -> PADRun:
     """Run (or finish) every PAD stage in ``run_dir`` and evaluate backbone, aligned tower and PAD."""
     run_dir = Path(run_dir)
+    check_overrides(split, backbone, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     bb_over, pad_over = _split_overrides(overrides or {})
     params, train = _pad_configs(pad_over)
@@ -205,15 +246,25 @@ def _group(res: Results, group: str) -> dict[str, float]:
     return res.overall if group == "overall" else res.groups.get(group, {})
 
 
-def plot_bins(results: dict[str, Results], path: str | Path, metric: str = "NDCG@10") -> Path:
-    """Bar chart of ``metric`` per popularity bin (+ overall, cold, warm), one bar per model."""
+def plot_bins(
+    results: dict[str, Results],
+    path: str | Path,
+    metric: str = "NDCG@10",
+    baseline: str | None = None,
+    keep: tuple[str, ...] = (),
+    max_series: int = 6,
+) -> Path:
+    """Bar chart of ``metric`` per popularity bin (+ overall, cold, warm), one bar per model, and each model's
+    change against ``baseline`` (default: the first model, the backbone) in percent below it."""
     from padrec.eval.plots import plot_groups
 
     first = next(iter(results.values()))
     groups = _report_groups(first)
     series = {name: {g: _group(r, g).get(metric, float("nan")) for g in groups} for name, r in results.items()}
     title = f"{first.dataset}: {metric} per item-popularity bin (bin1 = most popular), {first.protocol}"
-    return plot_groups(series, path, groups=groups, ylabel=metric, title=title)
+    return plot_groups(
+        series, path, groups=groups, ylabel=metric, title=title, baseline=baseline, keep=keep, max_series=max_series
+    )
 
 
 def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, Any]:

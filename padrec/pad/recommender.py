@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -51,6 +51,16 @@ class PADConfig(Strict):
     # learning rate of the gates alone (default: train.lr); with frozen experts the gates are nearly
     # all that learns, and at the experts' lr they move only a few hundredths per epoch
     gate_lr: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_experts(self) -> PADConfig:
+        """Checked when the config is built, so a typo fails before hours of pre-training, not after."""
+        unknown = set(self.experts) - set(ALL_EXPERTS)
+        if unknown or not self.experts or len(set(self.experts)) != len(self.experts):
+            raise ValueError(f"experts must be distinct names from {list(ALL_EXPERTS)}, got {list(self.experts)}")
+        if not set(self.freeze) <= set(self.experts):
+            raise ValueError(f"freeze={list(self.freeze)} names experts that are not in experts={list(self.experts)}")
+        return self
 
 
 def make_experts(

@@ -20,6 +20,7 @@ import typer
 
 from padrec.cli_errors import fail as _fail
 from padrec.cli_errors import run_or_exit as _run
+from padrec.cli_options import ItemCol, ItemIdCol, Items, Quiet, TextCols, TimeCol, UserCol
 
 palr_app = typer.Typer(no_args_is_help=True, help="PALR: profile, retrieve and rank with an instruction-tuned LM.")
 
@@ -44,33 +45,42 @@ def _setup(
     dataset: str | None,
     data_dir: Path | None,
     run_dir: Path | None,
+    own: tuple[Any, ...] = (),
+    quiet: bool = False,
     **flags: Any,
 ) -> tuple[Any, Path, Any]:
-    """(split, run dir, config) from the options; writes ``dataset.json`` into the run dir."""
-    from padrec.data.registry import load_dataset
+    """(split, run dir, config) from the options; writes ``dataset.json`` into the run dir.
+
+    ``own``: ``--items`` and the column options, in :meth:`DataRef.of`'s order after ``data_dir``."""
+    from padrec.cli_options import DataRef, announce_new_items
     from padrec.data.split import leave_one_out
     from padrec.palr.config import load_palr_config
+    from padrec.palr.retrieval import check_retriever
+    from padrec.progress import set_quiet
     from padrec.train.config import parse_overrides
-    from padrec.utils import atomic_write_text
 
+    set_quiet(quiet)
     ref = None
-    if dataset is None and run_dir is not None and (run_dir / "dataset.json").is_file():
-        ref = json.loads((run_dir / "dataset.json").read_text())
-        dataset = ref["dataset"]
-        data_dir = data_dir or (Path(ref["data_dir"]) if ref.get("data_dir") else None)
-    if dataset is None:
+    if dataset is None and run_dir is not None:
+        ref = _run(lambda: DataRef.read(run_dir))
+        if ref is not None and data_dir is not None:
+            ref.data_dir = str(data_dir)
+    if dataset is None and ref is None:
         _fail("give --dataset (or a --run-dir that has a dataset.json)")
-    ds = _run(lambda: load_dataset(dataset, data_dir))
+    stored = ref is not None
+    ref = ref or DataRef.of(dataset, data_dir, *own)
+    ds = _run(ref.load)
+    announce_new_items(ds, quiet)
     overrides = _run(lambda: parse_overrides(list(ctx.args)))
     overrides.update({k: v for k, v in flags.items() if v is not None})
     if overrides.get("max_users") == 0:
         overrides["max_users"] = None
     cfg = _run(lambda: load_palr_config(ds.name, overrides))
+    _run(lambda: check_retriever(cfg.retriever))  # a bad retriever fails before any LM loads or anything is written
     run_dir = run_dir or Path("runs") / ds.name / "palr"
     run_dir.mkdir(parents=True, exist_ok=True)
-    if ref is None:
-        info = {"dataset": dataset, "name": ds.name, "data_dir": str(data_dir) if data_dir else None}
-        atomic_write_text(run_dir / "dataset.json", json.dumps(info, indent=2))
+    if not stored:
+        ref.write(run_dir, ds)
     return leave_one_out(ds), run_dir, cfg
 
 
@@ -79,6 +89,13 @@ def build_data_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
     as_json: AsJson = False,
@@ -86,7 +103,15 @@ def build_data_cmd(
     """Instruction data (Recommend, Recommend_Retrieval) from training prefixes only → RUN_DIR/data."""
     from padrec.palr.pipeline import build_data
 
-    split, run_dir, cfg = _setup(ctx, dataset, data_dir, run_dir, lm=lm)
+    split, run_dir, cfg = _setup(
+        ctx,
+        dataset,
+        data_dir,
+        run_dir,
+        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        quiet=quiet or as_json,
+        lm=lm,
+    )
     meta, reused = _run(lambda: build_data(split, run_dir, cfg))
     out = {**{k: v for k, v in meta.items() if k != "config"}, "reused": reused, "path": str(run_dir / "data")}
     typer.echo(
@@ -102,6 +127,13 @@ def profiles_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
     max_users: MaxUsers = None,
@@ -115,7 +147,16 @@ def profiles_cmd(
     from padrec.palr.prompts import ItemCatalog
     from padrec.palr.retrieval import sample_users
 
-    split, run_dir, cfg = _setup(ctx, dataset, data_dir, run_dir, lm=lm, max_users=max_users)
+    split, run_dir, cfg = _setup(
+        ctx,
+        dataset,
+        data_dir,
+        run_dir,
+        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        quiet=quiet or as_json,
+        lm=lm,
+        max_users=max_users,
+    )
     sub = sample_users(split, cfg.max_users, cfg.users_seed, cfg.stage)
     users = sub.users(cfg.stage)
     hists = profile_histories(sub.histories(cfg.stage, users), cfg.max_history)
@@ -162,6 +203,13 @@ def finetune_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.ckpt.")] = True,
@@ -170,7 +218,15 @@ def finetune_cmd(
     """LoRA (or method=full) instruction fine-tuning on RUN_DIR/data → RUN_DIR/finetune."""
     from padrec.palr.pipeline import run_finetune
 
-    split, run_dir, cfg = _setup(ctx, dataset, data_dir, run_dir, lm=lm)
+    split, run_dir, cfg = _setup(
+        ctx,
+        dataset,
+        data_dir,
+        run_dir,
+        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        quiet=quiet or as_json,
+        lm=lm,
+    )
     _, summary, reused = _run(lambda: run_finetune(split, run_dir, cfg, resume=resume))
     out = {k: v for k, v in summary.items() if k != "config"} | {"reused": reused}
     typer.echo(
@@ -186,6 +242,13 @@ def evaluate_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
     retriever: Retriever = None,
@@ -200,7 +263,16 @@ def evaluate_cmd(
     from padrec.palr.pipeline import evaluate_palr, palr_label
 
     split, run_dir, cfg = _setup(
-        ctx, dataset, data_dir, run_dir, lm=lm, retriever=retriever, mode=mode, max_users=max_users
+        ctx,
+        dataset,
+        data_dir,
+        run_dir,
+        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        quiet=quiet or as_json,
+        lm=lm,
+        retriever=retriever,
+        mode=mode,
+        max_users=max_users,
     )
     tuned = None if zero_shot else finetuned_path(run_dir / "finetune")
     if not zero_shot and tuned is None:
@@ -215,6 +287,13 @@ def run_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
     retriever: Retriever = None,
@@ -225,12 +304,25 @@ def run_cmd(
     as_json: AsJson = False,
 ) -> None:
     """build-data → finetune → evaluate in one run directory, reusing finished stages."""
+    from padrec.eval.runreport import palr_report
     from padrec.palr.pipeline import run_palr
 
     split, run_dir, cfg = _setup(
-        ctx, dataset, data_dir, run_dir, lm=lm, retriever=retriever, mode=mode, max_users=max_users
+        ctx,
+        dataset,
+        data_dir,
+        run_dir,
+        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        quiet=quiet or as_json,
+        lm=lm,
+        retriever=retriever,
+        mode=mode,
+        max_users=max_users,
     )
     out = _run(lambda: run_palr(split, run_dir, cfg, zero_shot=zero_shot, resume=resume))
-    if out.skipped:
+    report = palr_report(run_dir, split.dataset, out.evaluation)  # RUN/report.md: config, data, results, plots
+    if out.skipped and not (quiet or as_json):
         typer.echo(f"reused finished stages: {', '.join(out.skipped)}", err=True)
     typer.echo(json.dumps(out.evaluation.to_dict(), indent=2) if as_json else out.evaluation.table())
+    if not (quiet or as_json):
+        typer.echo(f"report: {report}", err=True)

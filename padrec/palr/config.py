@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from padrec.train.config import ConfigError, Strict
+from padrec.train.config import ConfigError, Strict, validation_message
 
 Task = Literal["recommend", "recommend_retrieval"]
 
@@ -88,4 +88,4 @@ def load_palr_config(dataset: str | None = None, overrides: dict[str, Any] | Non
     try:
         return PALRConfig(**values)
     except ValidationError as e:
-        raise ConfigError(f"invalid PALR config: {e}") from None
+        raise ConfigError(f"invalid PALR config: {validation_message(e)}") from None

@@ -157,6 +157,8 @@ def finetune(
     )
     version = f"run{len(list((out_dir / 'logs').glob('run*')))}"
     quiet_lightning()
+    from padrec.progress import stage_callback
+
     trainer = L.Trainer(
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
@@ -164,10 +166,10 @@ def finetune(
         devices=1,
         precision=cfg.precision,
         accumulate_grad_batches=cfg.grad_accum,
-        callbacks=[ckpt],
+        callbacks=[ckpt, *([stage_callback("finetune (LoRA)")] if cfg.progress else [])],
         logger=L.pytorch.loggers.CSVLogger(out_dir, name="logs", version=version),
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=cfg.progress,
+        enable_progress_bar=False,  # one bar per stage instead (padrec.progress)
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=1,

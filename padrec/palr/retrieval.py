@@ -30,8 +30,7 @@ def load_retriever(spec: str | Path, split: Split) -> Recommender:
         ):
             raise ValueError(f"retriever {path} was trained on another item catalogue than {split.dataset.name!r}")
         return rec
-    if path.exists() or "/" in str(spec) or str(spec).startswith("."):
-        raise FileNotFoundError(f"retriever run directory {path} not found (or has no config.json)")
+    check_retriever(spec)
     cls = get_model_class(str(spec))
     if hasattr(cls, "config_cls"):
         raise ValueError(
@@ -41,6 +40,16 @@ def load_retriever(spec: str | Path, split: Split) -> Recommender:
     rec = cls()
     rec.fit(split)
     return rec
+
+
+def check_retriever(spec: str | Path) -> None:
+    """Fail fast, before a language model loads, on a retriever that is neither a saved run nor a model name."""
+    path = Path(spec)
+    if (path / "config.json").is_file():
+        return
+    if path.exists() or "/" in str(spec) or str(spec).startswith("."):
+        raise FileNotFoundError(f"retriever run directory {path} not found (or has no config.json)")
+    get_model_class(str(spec))
 
 
 def retriever_scores(

@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
+from padrec.cli_errors import fail
 from padrec.cli_errors import run_or_exit as _run
+from padrec.cli_options import ItemCol, ItemIdCol, Items, Quiet, TextCols, TimeCol, UserCol
 
 DataDir = Annotated[
     Path | None,
@@ -40,14 +42,26 @@ def embed(
     shard_index: Annotated[int | None, typer.Option(help="Encode only this shard (0-based) and exit.")] = None,
     merge: Annotated[bool, typer.Option(help="Merge the --shards N shard files into the table.")] = False,
     data_dir: DataDir = None,
+    items: Items = None,
+    user_col: UserCol = None,
+    item_col: ItemCol = None,
+    time_col: TimeCol = None,
+    item_id_col: ItemIdCol = None,
+    text_cols: TextCols = None,
+    quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
     """Embed every item's text once (cached; a changed encoder, template or text recomputes)."""
-    from padrec.data.registry import load_dataset
+    from padrec.cli_options import DataRef
+    from padrec.progress import set_quiet
     from padrec.text import embed_items, embed_shard, merge_shards
 
-    n: Any = shards if shards == "auto" else _run(lambda: int(shards))
-    ds = _run(lambda: load_dataset(dataset, data_dir))
+    set_quiet(quiet or as_json)
+    if shards != "auto" and not (shards.isdigit() and int(shards) >= 1):
+        fail(f"--shards: expected a positive integer or 'auto', got {shards!r}")
+    n: Any = shards if shards == "auto" else int(shards)
+    ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    ds = _run(ref.load)
     opts = dict(pooling=pooling, dtype=dtype, max_length=max_length)
     if merge:
         emb = _run(lambda: merge_shards(ds, encoder, template, shards=int(n), **opts))
@@ -122,6 +136,8 @@ def concordance(
     """How far item neighbourhoods agree between a run's id space and the text space."""
     from padrec.text.analysis import run_concordance, scalars
 
+    if k < 1:  # checked before the (slow) embedding
+        fail(f"-k: expected a positive number of neighbours, got {k}")
     res = _run(
         lambda: run_concordance(
             run,

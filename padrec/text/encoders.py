@@ -329,7 +329,19 @@ class SentenceTransformerEncoder:
         self.dim = int(get_dim())
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        out = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+        from padrec.progress import bar
+
+        texts = list(texts)
+        step = max(batch_size * 16, 1)  # sentence-transformers' own bar is off: one padrec bar per stage
+        parts = []
+        with bar(len(texts), f"embed ({self.name})", unit="text", enabled=progress) as b:
+            for lo in range(0, len(texts), step):
+                chunk = texts[lo : lo + step]
+                parts.append(
+                    self.model.encode(chunk, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
+                )
+                b.update(len(chunk))
+        out = np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(out, dtype=np.float32).reshape(len(texts), self.dim)
 
 
@@ -383,12 +395,14 @@ class HFEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         import torch
-        from tqdm.auto import tqdm
+
+        from padrec.progress import bar
 
         texts = list(texts)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for lo in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="embed", unit="batch"):
+        batches = range(0, len(texts), batch_size)
+        for lo in bar(len(batches), f"embed ({self.name})", unit="batch", enabled=progress, iterable=batches):
             idx = order[lo : lo + batch_size]
             batch = self.tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"

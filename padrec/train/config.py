@@ -11,7 +11,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class Strict(BaseModel):
@@ -20,18 +20,18 @@ class Strict(BaseModel):
 
 class TrainConfig(Strict):
     loss: Literal["ce", "bce", "bpr", "sampled_softmax"] = "ce"  # BPR-MF and NCF default to "bpr"
-    n_negatives: int = 1
-    lr: float = 1e-3
+    n_negatives: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
     # "plateau": multiply the learning rate by lr_factor after lr_patience validations without a better
     # validation NDCG@10 (set lr_patience below patience, or early stopping ends the run first)
     lr_schedule: Literal["constant", "plateau"] = "constant"
     lr_factor: float = Field(default=0.3, gt=0.0, lt=1.0)
     lr_patience: int = Field(default=3, ge=0)
     min_lr: float = Field(default=1e-5, ge=0.0)
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    max_epochs: int = 200
-    patience: int = 10  # validations (not epochs) without a better validation NDCG@10
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    batch_size: int = Field(default=128, ge=1)
+    max_epochs: int = Field(default=200, ge=1)  # Lightning reads -1 as 'forever'
+    patience: int = Field(default=10, ge=1)  # validations (not epochs) without a better validation NDCG@10
     val_every: int = Field(default=1, ge=1)  # validate every k epochs (and after the last): for costly scoring
     # validate on a seeded sample of this many users (model selection only; the test always ranks every user)
     val_users: int | None = Field(default=None, ge=1)
@@ -39,18 +39,45 @@ class TrainConfig(Strict):
     # (same examples per epoch, far less padding on short-history data such as Amazon)
     length_buckets: bool = False
     seed: int = 42
-    eval_batch_size: int = 1024
+    eval_batch_size: int = Field(default=1024, ge=1)
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"  # "bf16-mixed" on recent GPUs (and CPUs with AVX512-BF16)
-    limit_train_batches: float = 1.0
+    limit_train_batches: float = Field(default=1.0, gt=0.0)
     progress: bool = True
+    # experiment loggers: None = csv + tensorboard when installed; the CSV log is always written (run reports
+    # and best_epoch read it); "mlflow" needs `pip install 'padrec[mlflow]'`
+    logger: list[Literal["csv", "tensorboard", "mlflow"]] | None = None
+    # None: MLflow's own default ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)
+    mlflow_uri: str | None = None
+    mlflow_experiment: str | None = None  # None: the dataset name
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        """``logger=mlflow`` and ``logger=csv,mlflow`` on the command line mean a list."""
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
 
 class ConfigError(ValueError):
     pass
+
+
+def validation_message(e: ValidationError, prefix: str = "") -> str:
+    """pydantic's multi-line report as one line: ``lr: Input should be a valid number, got 'abc'; ...``."""
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc:  # a check across fields: its message says what it saw
+            parts.append(msg)
+            continue
+        got = f", got {err['input']!r}" if err.get("type") != "missing" and "input" in err else ""
+        parts.append(f"{prefix}{loc}: {msg}{got}")
+    more = f" (+{e.error_count() - 5} more)" if e.error_count() > 5 else ""
+    return "; ".join(parts) + more
 
 
 def _load_yaml(*parts: str) -> dict[str, Any]:
@@ -100,6 +127,10 @@ def resolve(
             raise ConfigError(f"unknown config key {key!r}; sections are 'model' and 'train'")
         sections[sec][name] = value
     try:
-        return model_cls(**sections["model"]), TrainConfig(**sections["train"])
+        params = model_cls(**sections["model"])
     except ValidationError as e:
-        raise ConfigError(f"invalid config for {model!r}: {e}") from None
+        raise ConfigError(f"invalid config for {model!r}: {validation_message(e, 'model.')}") from None
+    try:
+        return params, TrainConfig(**sections["train"])
+    except ValidationError as e:
+        raise ConfigError(f"invalid config for {model!r}: {validation_message(e)}") from None

@@ -6,12 +6,15 @@ module only says what a batch is and what the validation number is.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import lightning as L
 import numpy as np
@@ -270,6 +273,9 @@ def default_run_dir(dataset: str, model: str) -> Path:
 
 def quiet_lightning() -> None:
     """Silence Lightning's notices that say nothing about the user's run (shared by every padrec trainer)."""
+    from padrec.progress import quiet_libraries
+
+    quiet_libraries()
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory tensors need no workers
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
@@ -287,6 +293,58 @@ class _ConfiguredEarlyStopping(EarlyStopping):
         patience = self.patience
         super().load_state_dict(state_dict)
         self.patience = patience
+
+
+def _progress(cfg: Any, run_dir: Path, rec: Any) -> list[Any]:
+    """The stage's one progress bar, labelled by its folder (a PAD stage: ``pretrain``, ``align``...)."""
+    from padrec.progress import stage_callback
+
+    if not cfg.progress:
+        return []
+    stages = ("pretrain", "align", "text-expert", "pad")
+    label = f"{run_dir.name} ({rec.name})" if run_dir.name in stages and run_dir.name != rec.name else rec.name
+    return [stage_callback(label)]
+
+
+def check_loggers(cfg: Any) -> None:
+    """Fail before any work when an asked-for logger's package is missing (one line, with the install command)."""
+    wanted = cfg.logger or []
+    if "mlflow" in wanted and importlib.util.find_spec("mlflow") is None:
+        raise ImportError("logger=mlflow needs MLflow: pip install 'padrec[mlflow]'")
+    if "tensorboard" in wanted and importlib.util.find_spec("tensorboard") is None:
+        raise ImportError("logger=tensorboard needs TensorBoard: pip install tensorboard")
+
+
+def make_loggers(cfg: Any, run_dir: Path, version: str, dataset: str, params: dict[str, Any]) -> list[Any]:
+    """Lightning loggers of one (re)start. The CSV log is always kept: run reports and ``best_epoch`` read it.
+
+    ``cfg.logger`` None means csv + TensorBoard when it is installed. MLflow gets one run per (re)start, like
+    ``logs/runN`` (a resumed run may change its params, which MLflow never lets a run do), with the run's
+    config as params and its folder as a tag.
+    """
+    check_loggers(cfg)
+    wanted = cfg.logger if cfg.logger is not None else ["csv", "tensorboard"]
+    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=version)]
+    if "tensorboard" in wanted and importlib.util.find_spec("tensorboard") is not None:
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="logs", version=version))
+    if "mlflow" in wanted:
+        import mlflow
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = cfg.mlflow_uri or mlflow.get_tracking_uri()  # MLflow's own default, as `mlflow ui` reads it
+        if urlparse(uri).scheme in ("", "file") or len(urlparse(uri).scheme) == 1:  # a folder (or C:\...)
+            # MLflow 3 refuses file stores unless told; one named explicitly is what the user wants
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        where = run_dir.resolve()
+        mlf = MLFlowLogger(
+            experiment_name=cfg.mlflow_experiment or dataset,
+            run_name=f"{where.parent.name}/{where.name}",  # runs/ml-1m/pad-sasrec/align -> pad-sasrec/align
+            tracking_uri=uri,
+            tags={"padrec.run_dir": str(where), "padrec.restart": version},
+        )
+        mlf.log_hyperparams(params)
+        loggers.append(mlf)
+    return loggers
 
 
 def _steps_per_epoch(n_batches: int, limit: float) -> int:
@@ -314,13 +372,7 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     stop = _ConfiguredEarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience, strict=cfg.val_every == 1)
     # one log folder per (re)start: a resumed run must never overwrite the earlier epochs' logs
     version = f"run{len(list((run_dir / 'logs').glob('run*')))}"
-    loggers: list[Any] = [L.pytorch.loggers.CSVLogger(run_dir, name="logs", version=version)]
-    try:
-        import tensorboard  # noqa: F401
-
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(run_dir, name="logs", version=version))
-    except ImportError:
-        pass
+    loggers = make_loggers(cfg, run_dir, version, split.dataset.name, {"model": rec.name, **rec.config})
     quiet_lightning()
     if cfg.val_every > 1:  # epochs without validation are expected: no checkpoint warning for them
         warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
@@ -330,10 +382,10 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        callbacks=[best, last, stop, LearningRateMonitor("epoch")],  # lr per epoch in the CSV / TensorBoard logs
+        callbacks=[best, last, stop, LearningRateMonitor("epoch"), *_progress(cfg, run_dir, rec)],
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=cfg.progress,
+        enable_progress_bar=False,  # one bar per stage instead (padrec.progress)
         enable_model_summary=False,
         limit_train_batches=cfg.limit_train_batches,
         precision=cfg.precision,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,15 +110,21 @@ def read_table(path: str | Path, sep: str | None = None, what: str = "table") ->
             raise DataError(path, f"duplicate column name {name!r} in the header", line=1, field=name)
         seen.add(name)
     try:
-        df = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            na_filter=False,
-            skip_blank_lines=False,
-            engine="c" if len(sep) == 1 else "python",
-        )
+        with warnings.catch_warnings():  # rows longer than the header: pandas would shift them into an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                io.StringIO(text),
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                na_filter=False,
+                skip_blank_lines=False,
+                index_col=False,
+                engine="c" if len(sep) == 1 else "python",
+            )
+    except pd.errors.ParserWarning:
+        line, n = _first_long_row(text, sep, len(header))
+        raise DataError(path, f"expected {len(header)} fields (as in the header), found {n}", line=line) from None
     except pd.errors.ParserError as e:
         m = _PANDAS_LINE.search(str(e))
         if m:
@@ -131,6 +138,15 @@ def read_table(path: str | Path, sep: str | None = None, what: str = "table") ->
         raise DataError(path, f"no {what} rows after the header line", line=2)
     df.attrs["rows"] = False
     return df
+
+
+def _first_long_row(text: str, sep: str, n_fields: int) -> tuple[int | None, int]:
+    """(line, field count) of the first row with more fields than the header (error path only)."""
+    rows = csv.reader(io.StringIO(text), delimiter=sep) if len(sep) == 1 else (r.split(sep) for r in text.splitlines())
+    for k, row in enumerate(rows, 1):
+        if len(row) > n_fields:
+            return k, len(row)
+    return None, n_fields + 1
 
 
 def _read_parquet(path: Path, what: str) -> pd.DataFrame:
@@ -165,12 +181,19 @@ def fail(path: Path, df: pd.DataFrame, label: int, field: str, message: str) -> 
     return DataError(path, message, field=field, **where(df, label))
 
 
+#: loader options the ``padrec`` commands also take as ``--user-col`` etc. (padrec.cli_options)
+_CLI_COLUMN_OPTIONS = ("user_col", "item_col", "time_col", "item_id_col")
+
+
 def require_columns(df: pd.DataFrame, path: Path, wanted: dict[str, str]) -> None:
     """``wanted`` maps a column name to the option that names it, for a message saying how to fix it."""
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         have = ", ".join(map(repr, df.columns))
         hints = ", ".join(f"{wanted[c]}=" for c in missing)
+        flags = [f"--{wanted[c].replace('_', '-')}" for c in missing if wanted[c] in _CLI_COLUMN_OPTIONS]
+        if flags:
+            hints += f" ({', '.join(flags)} on the command line)"
         raise DataError(
             path,
             f"missing column(s) {', '.join(map(repr, missing))}; the header has {have} "
@@ -242,9 +265,11 @@ def build(
     ratings: np.ndarray | None = None,
     item_table: pd.DataFrame | None = None,
     meta: dict | None = None,
+    keep_unseen_items: bool = False,
 ) -> SeqDataset:
     """Turn flat interactions (file order) into a dataset: users by first appearance, each user's
-    items stably sorted by timestamp (ties keep file order)."""
+    items stably sorted by timestamp (ties keep file order). ``keep_unseen_items``: item-table rows
+    without interactions become items too (see :func:`~padrec.data.dataset.from_sequences`)."""
     users = np.asarray(users, dtype=object)
     items = np.asarray(items, dtype=object)
     codes, uniques = pd.factorize(pd.Series(users, dtype=object), sort=False)
@@ -256,7 +281,7 @@ def build(
     bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
     seqs = np.split(items[order], bounds)
     ts = np.split(np.asarray(timestamps, dtype=np.int64)[order], bounds) if timestamps is not None else None
-    ds = from_sequences(name, list(uniques), seqs, ts, item_table, meta)
+    ds = from_sequences(name, list(uniques), seqs, ts, item_table, meta, keep_unseen_items)
     ds = finish(ds)
     return attach_ratings(ds, None if ratings is None else np.asarray(ratings)[order])
 

@@ -5,6 +5,7 @@ Text files must be UTF-8. Ids are kept as strings exactly as written (``007`` st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,20 @@ def load_interactions(
     time_col: str | None = None,
     rating_col: str | None = None,
     items_path: str | Path | None = None,
-    item_id_col: str = "item",
+    item_id_col: str | None = None,
     sep: str | None = None,
     name: str | None = None,
+    text_cols: Sequence[str] | None = None,
 ) -> SeqDataset:
     """One row per interaction; each user's rows are sorted stably by ``time_col`` (ties keep file order).
 
     ``time_col``/``rating_col`` default to the columns ``timestamp``/``rating`` when present (no time
     column: file order is the order). Timestamps are integers (unix time) or ISO 8601 date-times.
-    ``items_path`` is an optional item table: ``item_id_col`` plus text columns (``title``, ...); a row
-    whose id never occurs in the interactions is an error, because it usually means the two files use
-    different ids.
+    ``items_path`` is an optional item table: ``item_id_col`` (default: ``item_col``, else ``item``) plus
+    text columns (``title``, ...; ``text_cols`` keeps only those). Its rows whose id never occurs in the
+    interactions are kept as items without interactions: the brand-new items PAD scores from text alone
+    (counted in ``meta['new_items']``); when *no* id matches, the two files surely use different ids and
+    that is an error.
     """
     path = Path(path)
     df = read_table(path, sep, what="interaction")
@@ -62,34 +66,48 @@ def load_interactions(
     ts = int_column(df, time_col, path) if time_col else None
     ratings = float_column(df, rating_col, path) if rating_col else None
     files = {"interactions": path}
+    meta = {**source_meta(files), "family": "own"}
     table = None
     if items_path is not None:
         files["items"] = Path(items_path)
-        table = _item_table(Path(items_path), item_id_col, items, path)
-    return build(name or path.stem, users, items, ts, ratings, table, {**source_meta(files), "family": "own"})
+        meta = {**source_meta(files), "family": "own"}
+        table, new = _item_table(Path(items_path), item_id_col, item_col, items, path, text_cols)
+        meta["new_items"] = new
+    return build(name or path.stem, users, items, ts, ratings, table, meta, keep_unseen_items=True)
 
 
-def _item_table(path: Path, id_col: str, items: np.ndarray, inter_path: Path) -> pd.DataFrame:
+def _item_table(
+    path: Path,
+    id_col: str | None,
+    item_col: str,
+    items: np.ndarray,
+    inter_path: Path,
+    text_cols: Sequence[str] | None,
+) -> tuple[pd.DataFrame, int]:
+    """The item table indexed by external id, and how many of its items have no interactions."""
     df = read_table(path, what="item")
-    require_columns(df, path, {id_col: "item_id_col"})
+    if id_col is None:
+        id_col = item_col if item_col in df.columns else "item"
+    require_columns(df, path, {id_col: "item_id_col", **{c: "text_cols" for c in text_cols or ()}})
     ids = id_column(df, id_col, path)
     dup = pd.Series(ids).duplicated().to_numpy()
     if dup.any():
         label = df.index[np.argmax(dup)]
         raise fail(path, df, label, id_col, f"item id {ids[np.argmax(dup)]!r} is listed more than once")
     known = set(items)
-    stray = [i for i in ids if i not in known]
-    if stray:
-        shown = ", ".join(map(repr, stray[:10])) + (f" and {len(stray) - 10} more" if len(stray) > 10 else "")
+    new = sum(1 for i in ids if i not in known)
+    if new == len(ids):
+        shown = ", ".join(map(repr, ids[:5]))
         raise DataError(
             path,
-            f"{len(stray)} item id(s) never occur in the interactions of {inter_path.name}: {shown} "
-            f"(remove those rows, or check that item_id_col and item_col name the same ids)",
+            f"none of its {len(ids)} item ids occurs in the interactions of {inter_path.name} (first ids: {shown}): "
+            f"check that item_id_col ({id_col!r}) and item_col ({item_col!r}) name the same ids",
             field=id_col,
         )
-    text = df.drop(columns=[id_col]).astype(str)
+    text = df[list(text_cols)] if text_cols else df.drop(columns=[id_col])
+    text = text.astype(str)
     text.index = pd.Index(ids, dtype=object)
-    return text
+    return text, new
 
 
 def load_sequence_file(path: str | Path, name: str | None = None) -> SeqDataset:
