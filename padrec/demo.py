@@ -12,6 +12,7 @@ from pathlib import Path
 
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
+from padrec.eval.runreport import pad_report
 from padrec.pad.pipeline import comparison_table, run_pad
 
 
@@ -22,8 +23,9 @@ def main() -> None:
     split = leave_one_out(load_dataset(dataset))
     overrides = {"backbone.max_epochs": epochs, "max_epochs": epochs, "backbone.max_len": 50}
     out = run_pad(split, run_dir, backbone="sasrec", encoder="minilm", overrides=overrides)
+    report = pad_report(run_dir, split.dataset, out.results)
     print(comparison_table(out.results))
-    print(f"\nrun directory: {run_dir} (re-running reuses finished stages)")
+    print(f"\nrun directory: {run_dir} (re-running reuses finished stages); report: {report}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,12 @@ def test_table_has_backbone_aligned_and_pad(pad_run):
     table = comparison_table(pad_run.results)
     assert "sasrec NDCG@10" in table and "pad-sasrec NDCG@10" in table and "aligned HR@10" in table
     assert "cold" in table and "bin1" in table
+    # absolute training-count groups follow the relative bins, with their user counts
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.split()}
+    freq = [g for g in rows if g.startswith("freq")]
+    assert freq and list(rows).index(freq[0]) > list(rows).index("bin1")
+    res = next(iter(pad_run.results.values()))
+    assert all(int(rows[g][1]) == int(res.groups[g]["users"]) for g in freq)
 
 
 def test_pipeline_plots_every_bin_and_plot_rejects_empty_input(pad_run, tmp_path):

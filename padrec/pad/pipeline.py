@@ -288,12 +288,16 @@ def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, A
 
 
 def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> str:
-    """One table: rows = overall, cold, warm and bin1..bin10 (+unseen); columns = model × metric."""
+    """One table: rows = overall, cold, warm, bin1..bin10 (+unseen) and freq0..freq>200; columns = model × metric."""
     names = list(results)
     first = next(iter(results.values()))
-    rows = _report_groups(first)
+    from padrec.data.split import COUNT_GROUPS
+
+    # relative popularity bins, then the target's absolute training count (cold means cold on every dataset)
+    rows = [*_report_groups(first), *[g for g in COUNT_GROUPS if g in first.groups]]
     head = ["group", "users", *[f"{n} {m}" for n in names for m in metrics]]
     widths = [max(8, len(h)) for h in head]
+    widths[0] = max(widths[0], *(len(g) for g in rows))
     lines = [
         f"protocol {first.protocol}, dataset {first.dataset}, stage {first.stage}",
         "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)),
