@@ -1,15 +1,23 @@
 """Serving benchmark: throughput and p50/p99 latency of ``POST /recommend`` (top-10) over loopback.
 
     python bench/bench_serve.py [--datasets ml-1m amazon-beauty] [--requests 10000] [--max-seconds 90]
+        [--modes unbatched batched batched:workers=2] [--batch-wait-ms 2] [--max-batch 64] [--no-recall]
 
 Per dataset: a SASRec run (``bench/.work/runs/<dataset>/sasrec`` when it holds a finished ``model.pt``,
 else one trained for ``--epochs`` epochs into ``bench/.work/serve/<dataset>/sasrec``) is served by
-``python -m padrec.serve`` in a subprocess on 127.0.0.1; a thread-pool load generator (httpx, one client
-per thread) sends test-split histories with 1 and 32 concurrent clients, each run bounded by a request
-count and a time limit. Latency is measured at the client (request sent -> body read). Client and server
-share the machine's cores, so on a small CPU the numbers are a lower bound for a dedicated server.
-Also: recall@10 of the faiss HNSW index (``--ann hnsw``) against exact scoring, in-process.
-Results: ``bench/results/serve.json`` + ``serve.md`` (``padrec.eval.report.write_bench``).
+``python -m padrec.serve`` in a subprocess on 127.0.0.1, one server per mode, all up at once in the same
+invocation: ``unbatched`` (``--max-batch 1``: each request scored alone in the server's thread pool,
+the only mode before batching) and ``batched`` (``--batch-wait-ms``/``--max-batch``); a mode may set
+``wait=MS``, ``max=N`` and ``workers=N`` (``batched:workers=2,wait=1``). A thread-pool load generator
+(httpx, one client per thread) sends test-split histories with 1 and 32 concurrent clients, each run
+bounded by a request count and a time limit, split into ``--rounds`` rounds that alternate between the
+modes (so a change in the machine's background load hits every mode alike; the first mode of a round
+rotates); a mode's rounds are pooled. Latency is measured at the client (request sent -> body read).
+Client and server share the machine's cores, so on a small CPU the numbers are a lower bound for a
+dedicated server; each record notes the 1-minute load average at its rounds' starts. Also (unless
+``--no-recall``): recall@10 of the faiss HNSW index (``--ann hnsw``) against exact scoring, in-process.
+Results are merged into ``bench/results/serve.json`` + ``serve.md``: a new record replaces the stored one
+of the same dataset, mode, batch settings, workers and clients; records of other datasets are kept.
 """
 
 from __future__ import annotations
@@ -63,14 +71,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parse_mode(spec: str, wait_ms: float, max_batch: int) -> dict[str, Any]:
+    """``unbatched`` or ``batched[:wait=MS,max=N,workers=N]`` -> server settings and a label."""
+    name, _, opts = spec.partition(":")
+    if name not in ("unbatched", "batched"):
+        raise SystemExit(f"--modes: unknown mode {spec!r}; expected unbatched or batched[:wait=MS,max=N,workers=N]")
+    mode = {"mode": name, "max_batch": 1, "batch_wait_ms": 0.0, "workers": 1}
+    if name == "batched":
+        mode.update(max_batch=max_batch, batch_wait_ms=wait_ms)
+    for opt in filter(None, opts.split(",")):
+        key, _, value = opt.partition("=")
+        field = {"wait": "batch_wait_ms", "max": "max_batch", "workers": "workers"}.get(key)
+        if field is None or not value:
+            raise SystemExit(f"--modes {spec!r}: unknown option {opt!r} (wait=MS, max=N, workers=N)")
+        mode[field] = float(value) if field == "batch_wait_ms" else int(value)
+    return mode
+
+
+def mode_label(m: dict[str, Any]) -> str:
+    if m.get("max_batch", 1) <= 1:
+        return "unbatched"
+    return f"batched ≤{m['max_batch']}, wait {m['batch_wait_ms']:g} ms"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 class Server:
     """``python -m padrec.serve`` in a subprocess (its own interpreter: no GIL shared with the clients)."""
 
-    def __init__(self, run: Path, threads: int | None) -> None:
+    def __init__(self, run: Path, threads: int | None, mode: dict[str, Any]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "padrec.serve", "--run", str(run), "--port", str(self.port)]
         cmd += ["--log-level", "warning", "--threads", str(threads or 0)]
+        cmd += ["--max-batch", str(mode["max_batch"]), "--batch-wait-ms", str(mode["batch_wait_ms"])]
+        cmd += ["--workers", str(mode["workers"])]
         self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
     def wait(self, timeout: float = 120) -> dict:
@@ -94,12 +134,18 @@ class Server:
             self.proc.kill()
 
 
-def load(url: str, bodies: list[dict], concurrency: int, requests: int, max_seconds: float) -> dict[str, Any]:
-    """Send up to ``requests`` bodies (cycled) from ``concurrency`` threads, stopping at ``max_seconds``."""
+def load(
+    url: str, bodies: list[dict], concurrency: int, requests: int, max_seconds: float, start: int = 0
+) -> dict[str, Any]:
+    """Send up to ``requests`` bodies (cycled, from ``start``) from ``concurrency`` threads, for ``max_seconds``.
+
+    Returns the summary plus the raw latencies (``lat_ms``), so rounds can be pooled.
+    """
     import httpx
 
     lock = threading.Lock()
-    next_i = [0]
+    next_i = [start]
+    requests += start
     lat: list[float] = []
     errors: list[str] = []
     deadline = time.perf_counter() + max_seconds
@@ -132,15 +178,19 @@ def load(url: str, bodies: list[dict], concurrency: int, requests: int, max_seco
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    ms = np.asarray(lat) * 1000
     if errors:
         print(f"  {len(errors)} errors, first: {errors[0]}", flush=True)
+    return {**summary([x * 1000 for x in lat], len(errors), wall), "lat_ms": [x * 1000 for x in lat]}
+
+
+def summary(lat_ms: list[float], errors: int, wall: float) -> dict[str, Any]:
+    ms = np.asarray(lat_ms)
     return {
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "requests_per_second": len(lat) / wall,
-        "errors": len(errors),
-        "requests": len(lat),
+        "requests_per_second": len(ms) / wall,
+        "errors": errors,
+        "requests": len(ms),
         "seconds": wall,
     }
 
@@ -181,20 +231,43 @@ def ann_recall(run: Path, histories: list[list[str]], k: int = 10) -> dict[str, 
     }
 
 
+def record_key(r: dict) -> tuple:
+    """Records before batching existed carry no mode: they were unbatched, one worker."""
+    m = r["metrics"]
+    if r["task"] != "latency":
+        return (r["task"], r["dataset"])
+    return (
+        r["task"],
+        r["dataset"],
+        m.get("max_batch", 1),
+        m.get("batch_wait_ms", 0.0),
+        m.get("workers", 1),
+        m["concurrency"],
+    )
+
+
 def markdown(records: list[dict]) -> str:
     lines = [
         "# Serving: POST /recommend top-10 over loopback (client-side latency)",
         "",
-        "| dataset | model | items | clients | requests | errors | req/s | p50 ms | p99 ms | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Modes: `unbatched` scores each request alone in the server's thread pool (`--max-batch 1`, the only mode",
+        "before batching); `batched` queues concurrent requests and scores up to `--max-batch` histories with one",
+        "model call on a worker thread, after waiting at most `--batch-wait-ms` for company. Rows of one dataset",
+        "and commit were measured side by side in one run of `bench/bench_serve.py`.",
+        "",
+        "| dataset | model | items | mode | workers | clients | requests | errors | req/s | p50 ms | p99 ms "
+        "| mean batch | commit | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if r["task"] != "latency":
             continue
         m = r["metrics"]
+        batch = f"{m['mean_batch']:.1f}" if m.get("mean_batch") else "–"
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {m['items']} | {m['concurrency']} | {m['requests']} | {m['errors']} "
-            f"| {m['requests_per_second']:.1f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {r['note']} |"
+            f"| {r['dataset']} | {r['model']} | {m['items']} | {mode_label(m)} | {m.get('workers', 1)} "
+            f"| {m['concurrency']} | {m['requests']} | {m['errors']} | {m['requests_per_second']:.1f} "
+            f"| {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {batch} | {r['commit']} | {r['note']} |"
         )
     lines += [
         "",
@@ -213,17 +286,35 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def batch_counts(url: str) -> tuple[int, float] | None:
+    """(model calls, histories) so far from the server's /metrics (one worker's view when there are several)."""
+    import httpx
+
+    try:
+        stats = httpx.get(f"{url}/metrics", timeout=10).json().get("batching")
+    except (httpx.HTTPError, ValueError):
+        return None
+    return (stats["batches"], stats["mean_histories_per_batch"] * stats["batches"]) if stats else None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["ml-1m", "amazon-beauty"])
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 32])
-    ap.add_argument("--requests", type=int, default=10_000, help="Requests per (dataset, concurrency).")
-    ap.add_argument("--max-seconds", type=float, default=90.0, help="Time limit per (dataset, concurrency).")
+    ap.add_argument("--modes", nargs="+", default=["unbatched", "batched"], help="See the module docstring.")
+    ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="Batch window of the batched modes.")
+    ap.add_argument("--max-batch", type=int, default=64, help="Most histories per model call in batched modes.")
+    ap.add_argument("--requests", type=int, default=10_000, help="Requests per (dataset, mode, concurrency).")
+    ap.add_argument("--max-seconds", type=float, default=90.0, help="Time limit per (dataset, mode, concurrency).")
+    ap.add_argument("--rounds", type=int, default=5, help="Rounds per concurrency, each mode in turn.")
     ap.add_argument("--epochs", type=int, default=1, help="Training epochs when no finished run exists.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (and the recall check).")
     ap.add_argument("--recall-queries", type=int, default=2000)
+    ap.add_argument("--no-recall", action="store_true", help="Skip the HNSW recall check (its stored rows stay).")
     ap.add_argument("--note", default="")
+    ap.add_argument("--results-dir", type=Path, default=None, help="Default: bench/results (pilot runs elsewhere).")
     args = ap.parse_args(argv)
+    modes = [parse_mode(s, args.batch_wait_ms, args.max_batch) for s in args.modes]
 
     import torch
 
@@ -231,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from padrec.data.registry import load_dataset
     from padrec.data.split import leave_one_out
-    from padrec.eval.report import git_commit, write_bench
+    from padrec.eval.report import git_commit, merge_bench
 
     common = {
         "protocol": "n/a",
@@ -252,34 +343,61 @@ def main(argv: list[str] | None = None) -> None:
         max_len = json.loads((run / "config.json").read_text())["params"]["max_len"]
         histories = [list(split.dataset.to_external(all_hist[u][-max_len:])) for u in users]
         bodies = [{"history": h, "k": 10, "exclude_seen": True} for h in histories]
-        server = Server(run, args.threads)
-        try:
-            health = server.wait()
-            load(server.url, bodies, 4, 200, 30)  # warm-up: first-call costs out of the measurement
+        servers = []
+        try:  # every mode's server up at once; rounds alternate between them, so they share the background load
+            for mode in modes:
+                servers.append(Server(run, args.threads, mode))
+            healths = [s.wait() for s in servers]
+            for s in servers:
+                load(s.url, bodies, 4, 200, 30)  # warm-up: first-call costs out of the measurement
             for conc in args.concurrency:
-                m = load(server.url, bodies, conc, args.requests, args.max_seconds)
-                print(f"  {conc:3d} clients: {m}", flush=True)
-                capped = " (time limit hit)" if m["requests"] < args.requests else ""
-                records.append(
-                    {
-                        "task": "latency",
-                        "dataset": name,
-                        "model": "sasrec",
-                        **common,
-                        "metrics": {**m, "concurrency": conc, "items": health["n_items"]},
-                        "note": "; ".join(
-                            x
-                            for x in (
-                                f"{conc} concurrent clients, {m['requests']} requests{capped}, top-10 exact",
-                                f"{origin}; {setup}",
-                                args.note,
-                            )
-                            if x
-                        ),
-                    }
-                )
+                chunk = -(-args.requests // args.rounds)
+                acc = [{"lat": [], "errors": 0, "wall": 0.0, "loads": [], "calls": 0, "histories": 0.0} for _ in modes]
+                for r in range(args.rounds):
+                    for j in range(len(modes)):
+                        i = (j + r) % len(modes)  # rotate which mode goes first
+                        a, url = acc[i], servers[i].url
+                        a["loads"].append(float(load_average().split()[0]))
+                        before = batch_counts(url) if modes[i]["workers"] == 1 else None
+                        m = load(url, bodies, conc, chunk, args.max_seconds / args.rounds, start=r * chunk)
+                        after = batch_counts(url) if before else None
+                        if before and after:
+                            a["calls"] += after[0] - before[0]
+                            a["histories"] += after[1] - before[1]
+                        a["lat"] += m["lat_ms"]
+                        a["errors"] += m["errors"]
+                        a["wall"] += m["seconds"]
+                for mode, a, health in zip(modes, acc, healths, strict=True):
+                    m = summary(a["lat"], a["errors"], a["wall"])
+                    if a["calls"]:  # histories per model call (one worker: /metrics is per worker)
+                        m["mean_batch"] = a["histories"] / a["calls"]
+                    loads = f"{min(a['loads']):.2f}-{max(a['loads']):.2f}"
+                    print(f"  {mode_label(mode)}, {mode['workers']} worker(s), {conc:3d} clients: {m}", flush=True)
+                    capped = " (time limit hit)" if m["requests"] < args.requests else ""
+                    records.append(
+                        {
+                            "task": "latency",
+                            "dataset": name,
+                            "model": "sasrec",
+                            **common,
+                            "metrics": {**m, **mode, "concurrency": conc, "items": health["n_items"]},
+                            "note": "; ".join(
+                                x
+                                for x in (
+                                    f"{conc} concurrent clients, {m['requests']} requests{capped} in {args.rounds} "
+                                    f"rounds alternating with the other modes, top-10 exact",
+                                    f"{origin}; {setup}; 1-min load average at the rounds' starts: {loads}",
+                                    args.note,
+                                )
+                                if x
+                            ),
+                        }
+                    )
         finally:
-            server.stop()
+            for s in servers:
+                s.stop()
+        if args.no_recall:
+            continue
         rec = ann_recall(run, histories[: args.recall_queries])
         print(f"  hnsw: {rec}", flush=True)
         records.append(
@@ -292,8 +410,8 @@ def main(argv: list[str] | None = None) -> None:
                 "note": f"HNSW M=32 efSearch=128 vs exact top-10, {rec['queries']} test histories; {origin}",
             }
         )
-    js, md = write_bench("serve", records, markdown(records))
-    print(f"wrote {js} and {md}")
+    merge_bench("serve", records, record_key, markdown, results_dir=args.results_dir)
+    print(f"merged into serve.json and serve.md in {args.results_dir or 'bench/results'}")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def test_cli_train_evaluate_recommend_with_an_items_file(exported, tmp_path):
     # evaluate --run reloads the same data (with the items file): every movie is in the catalogue
     res = runner.invoke(app, ["evaluate", "--run", str(run), "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["n_users"] == 943
+    assert json.loads(res.stdout)["n_users"] == 943 and res.stderr == ""  # --json: the result and nothing else
     # a movie nobody watched in the interactions file is a valid history item and can be recommended
     res = runner.invoke(app, ["recommend", "--run", str(run), "--history", held[0], "-k", "1682", "--json"])
     recs = json.loads(res.stdout)

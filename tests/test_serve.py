@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -29,8 +30,9 @@ from padrec.data.split import leave_one_out  # noqa: E402
 from padrec.models import Recommender  # noqa: E402
 from padrec.pad.pipeline import run_pad  # noqa: E402
 from padrec.serve.app import create_app  # noqa: E402
+from padrec.serve.batching import Batcher, cropped_scorer  # noqa: E402
 from padrec.serve.server import ServerThread  # noqa: E402
-from padrec.serve.service import LOG_NAME, RecService  # noqa: E402
+from padrec.serve.service import LOG_NAME, RecService, ServeError  # noqa: E402
 
 FAST = {
     "backbone.d": 16,
@@ -173,14 +175,15 @@ def test_bad_recommend_requests_get_clear_4xx_json(base_run):
         assert c.get("/metrics").json()["errors_5xx"] == 0
 
 
-def test_unexpected_errors_are_a_short_logged_500(base_run, caplog):
+@pytest.mark.parametrize("max_batch", [1, 64])
+def test_unexpected_errors_are_a_short_logged_500(base_run, caplog, max_batch):
     service = RecService(base_run / "pad")
 
     def boom(*a, **kw):
         raise RuntimeError("secret internals")
 
-    service.recommend = boom  # type: ignore[method-assign]
-    with ServerThread(create_app(service)) as server, httpx.Client(base_url=server.url) as c:
+    service.snapshot.model.score = boom  # batched or not, scoring fails (on the batcher's thread when batched)
+    with ServerThread(create_app(service, max_batch=max_batch)) as server, httpx.Client(base_url=server.url) as c:
         r = c.post("/recommend", json={"history": ["i1"]})
         assert r.status_code == 500 and r.json()["code"] == "internal" and "secret" not in r.text
         assert c.get("/metrics").json()["errors_5xx"] == 1
@@ -417,4 +420,301 @@ def test_cli_serves_a_run_in_a_subprocess_and_keeps_padrec_light(base_run):
     bad = subprocess.run(
         [sys.executable, "-m", "padrec.serve", "--run", str(base_run / "nope")], env=env, capture_output=True, text=True
     )
+    assert bad.returncode == 2 and "not a saved padrec run" in bad.stderr
+
+
+# -- batching and worker processes ---------------------------------------------------------------
+
+
+def _requests(split) -> list[dict]:
+    """Histories of several lengths (one of two histories), with their own k and exclude_seen."""
+    out = []
+    for c in range(N_CLUSTERS):
+        hist = user_history(split, c)[: 1 + c % 4]
+        out.append({"histories": [hist], "k": 3 + c, "exclude_seen": c % 2 == 0})
+    two = [user_history(split, 1), ["i0", "i13", "i2", "i8", "i44"]]
+    out.append({"histories": two, "k": 60, "exclude_seen": True})
+    return out
+
+
+def _same(got: list[list[dict]], want: list[list[dict]]) -> None:
+    """Same ids, order and titles; scores to float32 rounding.
+
+    The model's user vectors are bit-identical in or out of a batch, but BLAS multiplies one row by the item
+    table with another kernel than many rows, so the last bits of a score may differ (as they already did
+    between one history in /recommend and the same history in /recommend/batch).
+    """
+    assert [[(x["item_id"], x["title"]) for x in row] for row in got] == [
+        [(x["item_id"], x["title"]) for x in row] for row in want
+    ]
+    for g, w in zip(got, want, strict=True):
+        assert np.allclose([x["score"] for x in g], [x["score"] for x in w], rtol=1e-5, atol=1e-5)
+
+
+def test_batched_answers_equal_unbatched_ones_in_one_model_call(base_run, toy):
+    split, _, _ = toy
+    service = RecService(base_run / "pad")
+    reqs = _requests(split)
+    want = [service.recommend(r["histories"], k=r["k"], exclude_seen=r["exclude_seen"]).items for r in reqs]
+    calls: list[int] = []
+    real_score = service.snapshot.model.score
+
+    def counted(histories):  # the real model's score, counting calls and their batch sizes
+        calls.append(len(histories))
+        return real_score(histories)
+
+    service.snapshot.model.score = counted
+    batcher = Batcher(service, max_batch=64, wait_ms=500, adaptive=False)
+    try:
+        futures = [batcher.submit(r["histories"], k=r["k"], exclude_seen=r["exclude_seen"]) for r in reqs]
+        got = [f.result(30) for f in futures]
+    finally:
+        batcher.close()
+    assert calls == [sum(len(r["histories"]) for r in reqs)]  # one model call for every request
+    for g, w in zip(got, want, strict=True):
+        assert g.exact is True
+        _same(g.items, w)
+    assert [len(g.items[0]) for g in got[:N_CLUSTERS]] == [3 + c for c in range(N_CLUSTERS)]
+    # exclude_seen honoured per request: seen items only come back to requests that allow them
+    for r, g in zip(reqs, got, strict=True):
+        for hist, row in zip(r["histories"], g.items, strict=True):
+            assert bool(set(hist) & {x["item_id"] for x in row}) <= (not r["exclude_seen"])
+    assert batcher.stats()["batches"] == 1 and batcher.stats()["requests"] == len(reqs)
+
+
+def test_http_batching_matches_unbatched_serving_and_splits_oversized_batches(base_run, toy):
+    split, _, _ = toy
+    reqs = _requests(split)
+    bodies = [{"history": r["histories"][0], "k": r["k"], "exclude_seen": r["exclude_seen"]} for r in reqs] * 4
+
+    def post_all(url: str) -> list[list[dict]]:
+        out: list = [None] * len(bodies)
+
+        def one(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=30) as c:
+                r = c.post("/recommend", json=bodies[i])
+                assert r.status_code == 200, r.text
+                out[i] = r.json()["items"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        return out
+
+    with ServerThread(create_app(RecService(base_run / "pad"), max_batch=1)) as server:
+        want = post_all(server.url)
+        assert httpx.get(f"{server.url}/metrics").json()["batching"] is None
+    service = RecService(base_run / "pad")
+    with ServerThread(create_app(service, max_batch=4, batch_wait_ms=50)) as server:
+        got = post_all(server.url)
+        stats = httpx.get(f"{server.url}/metrics").json()["batching"]
+    for g, w in zip(got, want, strict=True):
+        _same([g], [w])
+    assert stats["requests"] == len(bodies) and stats["max_batch"] == 4
+    assert 1 < stats["mean_histories_per_batch"] <= 4  # batched, never above the cap
+
+
+def test_indexed_and_exact_requests_share_a_batch(base_run, toy):
+    split, _, _ = toy
+    hist = [user_history(split, c) for c in range(N_CLUSTERS)]
+    service = RecService(base_run / "pretrain", ann="flat")
+    want_exact = service.recommend(hist, k=5, exact=True).items
+    want_index = [service.recommend([h], k=4 + i % 2, exclude_seen=i % 3 > 0).items[0] for i, h in enumerate(hist)]
+    batcher = Batcher(service, max_batch=64, wait_ms=500, adaptive=False)
+    try:
+        exact = batcher.submit(hist, k=5, exact=True)
+        indexed = [batcher.submit([h], k=4 + i % 2, exclude_seen=i % 3 > 0) for i, h in enumerate(hist)]
+        assert exact.result(30).exact is True
+        _same(exact.result().items, want_exact)
+        for f, w in zip(indexed, want_index, strict=True):
+            assert f.result(30).exact is False
+            assert [x["item_id"] for x in f.result().items[0]] == [x["item_id"] for x in w]
+    finally:
+        batcher.close()
+    assert batcher.stats()["batches"] == 1
+
+
+def test_sequential_batches_skip_the_padding_and_score_the_same(base_run):
+    model = Recommender.load(base_run / "pretrain")
+    assert cropped_scorer(Recommender.load(base_run / "pad")) is None  # PAD: its own score, one call
+    score = cropped_scorer(model)
+    assert score is not None
+    rng = np.random.default_rng(1)
+    ids = [str(e) for e in model.item_ids[1:]]
+    hist = [list(rng.choice(ids, size=n)) for n in (1, 2, 3, 5, 9, 10, 14, 40) * 3]  # max_len is 10
+    internal = [model.to_internal(h) for h in hist]
+    assert torch.allclose(score(internal), model.score(internal), rtol=1e-5, atol=1e-5)
+    service = RecService(base_run / "pretrain")
+    want = [service.recommend([h], k=7, exclude_seen=i % 2 == 0).items[0] for i, h in enumerate(hist)]
+    batcher = Batcher(service, max_batch=64, wait_ms=500, adaptive=False)
+    try:
+        futures = [batcher.submit([h], k=7, exclude_seen=i % 2 == 0) for i, h in enumerate(hist)]
+        for f, w in zip(futures, want, strict=True):
+            _same(f.result(30).items, [w])
+    finally:
+        batcher.close()
+    assert batcher.stats()["batches"] == 1
+
+
+def test_a_lone_client_never_waits_for_the_batch_window(base_run, toy):
+    split, _, _ = toy
+    batcher = Batcher(RecService(base_run / "pad"), max_batch=64, wait_ms=5000)
+    try:
+        for c in range(3):
+            t0 = time.perf_counter()
+            assert batcher.recommend([user_history(split, c)], k=3).items[0]
+            assert time.perf_counter() - t0 < 2.5  # the 5 s window was not waited out
+    finally:
+        batcher.close()
+
+
+def test_a_bad_request_among_good_ones_fails_alone(base_run, toy):
+    split, _, _ = toy
+    service = RecService(base_run / "pad")
+    good = [user_history(split, c) for c in range(N_CLUSTERS)]
+    want = [service.recommend([h], k=5).items[0] for h in good]
+    batcher = Batcher(service, max_batch=64, wait_ms=300, adaptive=False)
+    try:
+        # refused when submitted, before it can join (and spoil) a batch
+        first = [batcher.submit([h], k=5) for h in good[:3]]
+        with pytest.raises(ServeError, match="unknown item ids: nope"):
+            batcher.submit([["i1", "nope"]], k=5)
+        with pytest.raises(ServeError, match="history is empty"):
+            batcher.submit([[]], k=5)
+        rest = [batcher.submit([h], k=5) for h in good[3:]]
+        for f, w in zip(first + rest, want, strict=True):
+            _same(f.result(30).items, [w])
+
+        # a request that passes validation but breaks the model call: the batch is retried one by one
+        real_score = service.snapshot.model.score
+        poison = "i37"
+        poison_id = int(service.snapshot.model.to_internal([poison])[0])
+
+        def fragile(histories):  # the real model, failing whenever the poisoned item is in a history
+            if any(poison_id in h for h in histories):
+                raise RuntimeError("model failure")
+            return real_score(histories)
+
+        service.snapshot.model.score = fragile
+        mixed = [batcher.submit([h], k=5) for h in good[:3]]
+        bad = batcher.submit([["i1", poison]], k=5)
+        mixed += [batcher.submit([h], k=5) for h in good[3:]]
+        with pytest.raises(RuntimeError, match="model failure"):
+            bad.result(30)
+        for f, w in zip(mixed, want, strict=True):
+            _same(f.result(30).items, [w])
+    finally:
+        batcher.close()
+
+    with serving(base_run / "pad") as c:  # over HTTP: bad requests get their 4xx, good ones their lists
+        bodies = [{"history": h, "k": 5} for h in good] + [
+            {"history": ["i1", "zz"], "k": 5},
+            {"history": [], "k": 5},
+            {"history": ["i1"], "k": 10**6},
+        ]
+        codes: dict[int, tuple[int, dict]] = {}
+
+        def one(i: int) -> None:
+            r = c.post("/recommend", json=bodies[i])
+            codes[i] = (r.status_code, r.json())
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [codes[i][0] for i in range(len(bodies))] == [200] * len(good) + [422, 422, 422]
+        for i, w in enumerate(want):
+            _same([codes[i][1]["items"]], [w])
+        assert [codes[len(good) + j][1]["code"] for j in range(3)] == ["unknown_items", "empty_history", "invalid_k"]
+
+
+def test_an_added_item_is_seen_by_the_next_batched_recommend(pad_dir, toy):
+    """Read-your-writes through the batcher: every add is followed by a recommend that must know the new id."""
+    split, centres, _ = toy
+    errors: list[str] = []
+
+    def adder(t: int, url: str) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for j in range(5):
+                item = f"rw{t}-{j}"
+                r = c.post("/items", json={"id": item, "vector": centres[(t + j) % N_CLUSTERS].tolist()})
+                if r.status_code != 200:
+                    errors.append(r.text)
+                    continue
+                size = r.json()["n_items"]
+                r = c.post("/recommend", json={"history": [item], "k": 1000})
+                if r.status_code != 200 or len(r.json()["items"]) < size - 1:
+                    errors.append(f"after adding {item} (catalogue {size}): {r.status_code} {r.text[:200]}")
+
+    def reader(url: str, stop: threading.Event) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/recommend", json={"history": user_history(split, 3), "k": 5})
+                if r.status_code != 200:
+                    errors.append(r.text)
+
+    stop = threading.Event()
+    with ServerThread(create_app(RecService(pad_dir), batch_wait_ms=5)) as server:
+        readers = [threading.Thread(target=reader, args=(server.url, stop)) for _ in range(4)]
+        adders = [threading.Thread(target=adder, args=(t, server.url)) for t in range(3)]
+        for th in readers + adders:
+            th.start()
+        for th in adders:
+            th.join(60)
+        stop.set()
+        for th in readers:
+            th.join(60)
+        stats = httpx.get(f"{server.url}/metrics").json()["batching"]
+    assert not errors, errors[:3]
+    assert stats["requests"] > 15 and stats["mean_histories_per_batch"] >= 1
+
+
+def test_several_workers_serve_read_only_and_all_see_the_replayed_log(pad_dir):
+    RecService(pad_dir).add_items([{"id": "before-start", "vector": [0.25] * DIM}])  # in the log, replayed by each
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    port = _free_port()
+    cmd = [sys.executable, "-m", "padrec.serve", "--run", str(pad_dir), "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen([*cmd, "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, health = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"{url}/health", timeout=2).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        assert health["can_add_items"] is False and "2 worker processes" in health["read_only"]
+        r = httpx.post(f"{url}/items", json={"id": "n1", "vector": [0.0] * DIM})
+        assert r.status_code == 409 and r.json()["code"] == "read_only" and "--workers 1" in r.json()["detail"]
+
+        pids: set[int] = set()
+        sizes: set[int] = set()
+
+        def probe() -> None:
+            for _ in range(15):
+                with httpx.Client(base_url=url, timeout=30) as c:  # a new connection each time
+                    h = c.get("/health").json()
+                    pids.add(h["worker_pid"])
+                    sizes.add(h["n_items"])
+                    assert c.post("/recommend", json={"history": ["before-start"], "k": 3}).status_code == 200
+
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline:
+            threads = [threading.Thread(target=probe) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        assert len(pids) == 2 and proc.pid not in pids  # two worker processes answered
+        assert sizes == {N_ITEMS + 1}  # each replayed the log
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert len((pad_dir / LOG_NAME).read_text().splitlines()) == 1  # nothing was appended
+    bad = subprocess.run([*cmd[:4], str(pad_dir / "nope"), "--workers", "2"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a saved padrec run" in bad.stderr

@@ -7,12 +7,15 @@ facade (``fit``/``score``/``recommend``/``save``/``load``). Training lives in
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from padrec.data.split import Split
@@ -21,13 +24,22 @@ from padrec.models.layers import CaserEncoder, GRUEncoder, ItemTable, Transforme
 from padrec.models.losses import rec_loss
 from padrec.train.config import Strict, TrainConfig
 
+log = logging.getLogger(__name__)
+
+
+#: the share of training histories that fit whole in a data-derived ``max_len`` (see :func:`auto_max_len`)
+MAX_LEN_PERCENTILE = 99.0
+
 
 class SASRecConfig(Strict):
     d: int = 64
     n_layers: int = 2
     n_heads: int = 1
-    max_len: int = 200
+    # None: derived from the training histories at fit time (auto_max_len), at most MAX_LEN_CAP; the saved
+    # config holds the resolved number, so a loaded model never needs the data
+    max_len: int | None = Field(default=None, ge=1)
     dropout: float = 0.2
+    MAX_LEN_CAP: ClassVar[int] = 200  # the fixed default before max_len was derived from the data
 
 
 class BERT4RecConfig(SASRecConfig):
@@ -38,8 +50,9 @@ class BERT4RecConfig(SASRecConfig):
 class GRU4RecConfig(Strict):
     d: int = 64
     n_layers: int = 1
-    max_len: int = 50
+    max_len: int | None = Field(default=None, ge=1)
     dropout: float = 0.2
+    MAX_LEN_CAP: ClassVar[int] = 50
 
 
 class CaserConfig(Strict):
@@ -47,8 +60,24 @@ class CaserConfig(Strict):
     window: int = 5
     n_h: int = 16
     n_v: int = 4
-    max_len: int = 50
+    max_len: int | None = Field(default=None, ge=1)
     dropout: float = 0.5
+    MAX_LEN_CAP: ClassVar[int] = 50
+
+
+def auto_max_len(lengths: np.ndarray, cap: int, percentile: float = MAX_LEN_PERCENTILE, multiple: int = 8) -> int:
+    """The smallest multiple of ``multiple`` covering the ``percentile``-th training history length, at most ``cap``.
+
+    Why the 99th: with batches cropped to their longest row, a generous ``max_len`` costs only in the few
+    batches that hold long histories, while a short one drops the oldest items of the most active users, who
+    hold a large share of the training targets (amazon-beauty: 95th -> 24 keeps 91.5% of the next-item
+    targets, 99th -> 48 keeps 97.2%; ml-1m's 99th is far above the cap, so it keeps 200)."""
+    lengths = np.asarray(lengths)
+    lengths = lengths[lengths > 0]
+    if len(lengths) == 0:
+        return cap
+    p = float(np.percentile(lengths, percentile))
+    return int(min(cap, max(multiple, multiple * math.ceil(p / multiple))))
 
 
 def pad_left(seqs: Sequence[np.ndarray], length: int, fill: int = 0) -> np.ndarray:
@@ -111,17 +140,39 @@ class SequentialRecommender(Recommender):
         self.net: SeqNet | None = None
 
     def _build(self) -> None:
+        if self.params.max_len is None:  # built without data to derive it from: the model's longest default
+            self._set_max_len(self.params.MAX_LEN_CAP)
         torch.manual_seed(self.train_cfg.seed)
         self.net = SeqNet(self.name, self.n_items, self.params)
 
     @property
-    def max_len(self) -> int:
+    def max_len(self) -> int | None:
+        """Positions the model reads; None until ``fit`` derives it from the data (when no config set it)."""
+        return self.params.max_len
+
+    def _set_max_len(self, n: int) -> None:
+        self.params = self.params.model_copy(update={"max_len": int(n)})
+        self.config["params"]["max_len"] = int(n)  # saved resolved: load and serving never need the data
+
+    def resolve_max_len(self, split: Split) -> int:
+        """Fix an unset ``max_len`` from ``split``'s training histories (:func:`auto_max_len`); a set one stays."""
+        if self.params.max_len is None:
+            n = auto_max_len(np.diff(split.train_offsets), self.params.MAX_LEN_CAP)
+            self._set_max_len(n)
+            log.info(
+                "%s: max_len %d from the training histories (%gth percentile, cap %d)",
+                self.name,
+                n,
+                MAX_LEN_PERCENTILE,
+                self.params.MAX_LEN_CAP,
+            )
         return self.params.max_len
 
     def fit(self, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> SequentialRecommender:
         from padrec.train.trainer import train
 
         self._remember_items(split)
+        self.resolve_max_len(split)
         if self.net is None or self.net.n_items != self.n_items:
             self._build()
         train(self, split, run_dir=run_dir, resume=resume)

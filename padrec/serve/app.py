@@ -3,12 +3,16 @@
 Every refusal is a JSON body ``{"detail": message, "code": code, ...}``: 400 for malformed JSON, 422 for
 invalid requests (wrong types, empty history, unknown ids listed in ``unknown_ids``, k out of range),
 404 for unknown items, 409 when the model cannot add items. Anything unexpected is logged with its
-traceback and answered with a short 500. Endpoints are plain ``def``: scoring is CPU-bound torch work,
-so it runs in the server's thread pool instead of blocking the event loop.
+traceback and answered with a short 500. Scoring is CPU-bound torch work and never runs on the event
+loop: by default the recommend endpoints queue their (validated) requests for a
+:class:`~padrec.serve.batching.Batcher`, whose one thread scores concurrent requests together, and await
+the result; with ``max_batch=1`` (no batching) they are plain ``def`` endpoints, each request scored on
+its own in the server's thread pool. The other endpoints are plain ``def`` (thread pool) too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from padrec.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_MS
 from padrec.serve.schemas import (
     AddItemsResponse,
     BatchRequest,
@@ -149,22 +154,40 @@ def _validation_message(errors: list[dict[str, Any]], body: Any) -> tuple[int, s
     return 422, "invalid request: " + "; ".join(parts) + more, clean
 
 
-def create_app(service: RecService) -> Any:
-    """A FastAPI app serving ``service`` (imports fastapi; ``pip install 'padrec[serve]'``)."""
+def create_app(
+    service: RecService, *, max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_WAIT_MS
+) -> Any:
+    """A FastAPI app serving ``service`` (imports fastapi; ``pip install 'padrec[serve]'``).
+
+    Concurrent recommend requests are scored together, up to ``max_batch`` histories after waiting at
+    most ``batch_wait_ms`` for company; ``max_batch=1`` scores each request alone in the thread pool.
+    """
+    from contextlib import asynccontextmanager
+
     from fastapi import Body, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     import padrec
+    from padrec.serve.batching import Batcher
+
+    batcher = Batcher(service, max_batch, batch_wait_ms) if max_batch > 1 else None
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        yield
+        if batcher is not None:
+            batcher.close()
 
     app = FastAPI(
+        lifespan=lifespan,
         title="padrec",
         version=padrec.__version__,
         description="Recommendations from a saved padrec run; items can be added live to models that can "
         "score items they were not trained on (PAD).",
     )
     metrics = Metrics()
-    app.state.service, app.state.metrics = service, metrics
+    app.state.service, app.state.metrics, app.state.batcher = service, metrics, batcher
     app.add_middleware(_Guard, metrics=metrics)
 
     @app.exception_handler(ServeError)
@@ -182,17 +205,35 @@ def create_app(service: RecService) -> Any:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _internal_error(exc)
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 422))
-    def recommend(req: RecommendRequest) -> dict[str, Any]:
-        """Top-k items for one history."""
-        out = service.recommend([req.history], k=req.k, exclude_seen=req.exclude_seen, exact=req.exact)
-        return {"items": out.items[0], "exact": out.exact, "model": service.snapshot.model.name}
+    if batcher is None:
 
-    @app.post("/recommend/batch", response_model=BatchResponse, responses=error_responses(400, 422))
-    def recommend_batch(req: BatchRequest) -> dict[str, Any]:
-        """Top-k items for each of many histories, scored in one batch."""
-        out = service.recommend(req.histories, k=req.k, exclude_seen=req.exclude_seen, exact=req.exact)
-        return {"results": out.items, "exact": out.exact, "model": service.snapshot.model.name}
+        @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 422))
+        def recommend(req: RecommendRequest) -> dict[str, Any]:
+            """Top-k items for one history."""
+            out = service.recommend([req.history], k=req.k, exclude_seen=req.exclude_seen, exact=req.exact)
+            return {"items": out.items[0], "exact": out.exact, "model": service.snapshot.model.name}
+
+        @app.post("/recommend/batch", response_model=BatchResponse, responses=error_responses(400, 422))
+        def recommend_batch(req: BatchRequest) -> dict[str, Any]:
+            """Top-k items for each of many histories, scored in one batch."""
+            out = service.recommend(req.histories, k=req.k, exclude_seen=req.exclude_seen, exact=req.exact)
+            return {"results": out.items, "exact": out.exact, "model": service.snapshot.model.name}
+
+    else:
+
+        @app.post("/recommend", response_model=RecommendResponse, responses=error_responses(400, 422))
+        async def recommend(req: RecommendRequest) -> dict[str, Any]:
+            """Top-k items for one history (scored together with concurrent requests)."""
+            job = batcher.submit([req.history], k=req.k, exclude_seen=req.exclude_seen, exact=req.exact)
+            out = await asyncio.wrap_future(job)
+            return {"items": out.items[0], "exact": out.exact, "model": service.snapshot.model.name}
+
+        @app.post("/recommend/batch", response_model=BatchResponse, responses=error_responses(400, 422))
+        async def recommend_batch(req: BatchRequest) -> dict[str, Any]:
+            """Top-k items for each of many histories, scored in one batch."""
+            job = batcher.submit(req.histories, k=req.k, exclude_seen=req.exclude_seen, exact=req.exact)
+            out = await asyncio.wrap_future(job)
+            return {"results": out.items, "exact": out.exact, "model": service.snapshot.model.name}
 
     @app.post("/items", response_model=AddItemsResponse, responses=error_responses(400, 409, 422))
     def add_items(items: ItemIn | list[ItemIn] = Body(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI idiom)
@@ -213,6 +254,12 @@ def create_app(service: RecService) -> Any:
     @app.get("/metrics")
     def get_metrics() -> dict[str, Any]:
         """Request and error counters, latency summary per route, items added."""
-        return {**metrics.summary(), **service.counters(), "uptime_s": time.time() - service.started}
+        batching = batcher.stats() if batcher is not None else None
+        return {
+            **metrics.summary(),
+            **service.counters(),
+            "batching": batching,
+            "uptime_s": time.time() - service.started,
+        }
 
     return app

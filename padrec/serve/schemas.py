@@ -110,6 +110,8 @@ class Health(BaseModel):
     text_encoder: str | None = Field(description="Embeds items posted without 'vector'; null: vectors required.")
     version: int = Field(description="Bumped by every accepted POST /items.")
     run_dir: str
+    read_only: str | None = Field(None, description="Why POST /items is refused here (null: it is not).")
+    worker_pid: int | None = Field(None, description="The answering worker process (--workers > 1: one of many).")
 
 
 class ErrorBody(BaseModel):

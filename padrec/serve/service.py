@@ -14,7 +14,10 @@ trained files (``model.pt``, ``items.json``) are never rewritten, so a crash can
 last line, which belongs to a request that was never acknowledged: it is dropped (and truncated away)
 on the next start. Vectors are stored in the log, so a replay needs no text encoder and gives exactly
 the live model. One server per run directory: two servers appending to one log would not see each
-other's items.
+other's items. For the same reason a server with several worker processes is read-only (``read_only``).
+
+Recommend requests are usually not scored here but by :class:`padrec.serve.batching.Batcher`, which
+validates them with :meth:`RecService.check_request` and scores concurrent ones together.
 
 Text: an item posted without a ``vector`` is embedded here, with the run's own encoder (``config.json``'s
 ``encoder``, loaded once on first use) and the same text rules as ``PAD.add_items`` (text, else title,
@@ -122,6 +125,8 @@ class RecService:
 
     ``embed`` turns the text of items posted without a ``vector`` into vectors: ``"auto"`` (the run's
     encoder), an encoder name or path (``padrec.text.load_encoder``), a callable, or None (vectors required).
+    ``read_only``, when set, is why adds are refused (e.g. several worker processes, each with its own
+    copy of the model, could not see each other's items); the log is still replayed on start.
     """
 
     def __init__(
@@ -132,8 +137,10 @@ class RecService:
         ann: str | None = None,
         max_k: int = DEFAULT_MAX_K,
         embed: Embedder | str | None = AUTO,
+        read_only: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.read_only = read_only
         if model is None:
             if not (self.run_dir / "config.json").is_file():
                 hint = " (a PAD run serves its pad/ sub-directory)" if (self.run_dir / "pad").is_dir() else ""
@@ -168,7 +175,7 @@ class RecService:
 
     @property
     def can_add_items(self) -> bool:
-        return bool(getattr(self._snap.model, "can_add_items", False))
+        return bool(getattr(self._snap.model, "can_add_items", False)) and not self.read_only
 
     def recommend(
         self,
@@ -179,6 +186,18 @@ class RecService:
     ) -> Recommendations:
         """Top-``k`` per history. ``exact=None`` uses the index when the server has one, else exact scoring."""
         snap = self._snap  # one reference for the whole request: a concurrent add cannot change it
+        if self.check_request(histories, k, exact, snap):
+            return Recommendations(snap.ann.recommend(snap.model, histories, k, exclude_seen), exact=False)
+        return Recommendations(snap.model.recommend(histories, k=k, exclude_seen=exclude_seen), exact=True)
+
+    def check_request(
+        self, histories: Sequence[Sequence[str]], k: int, exact: bool | None, snap: Snapshot | None = None
+    ) -> bool:
+        """Validate a recommend request (raises :class:`ServeError`); True when it is answered by the index.
+
+        A request valid for one snapshot stays valid for every later one: adds never remove an id.
+        """
+        snap = snap or self._snap
         self._check_k(k, snap)
         self._check_histories(histories, snap)
         if exact is False and snap.ann is None:
@@ -188,9 +207,7 @@ class RecService:
                 "approximate scoring was requested but this server has no index; start it with --ann hnsw "
                 "(sequential models only)",
             )
-        if snap.ann is not None and not exact:
-            return Recommendations(snap.ann.recommend(snap.model, histories, k, exclude_seen), exact=False)
-        return Recommendations(snap.model.recommend(histories, k=k, exclude_seen=exclude_seen), exact=True)
+        return snap.ann is not None and not exact
 
     def get_item(self, item_id: str) -> dict[str, Any]:
         snap = self._snap
@@ -218,7 +235,9 @@ class RecService:
             "model": snap.model.name,
             "dataset": self.dataset,
             "n_items": snap.model.n_items,
-            "can_add_items": bool(getattr(snap.model, "can_add_items", False)),
+            "can_add_items": bool(getattr(snap.model, "can_add_items", False)) and not self.read_only,
+            "read_only": self.read_only,
+            "worker_pid": os.getpid(),
             "index": self.ann_kind,
             "text_encoder": self.text_encoder,
             "version": snap.version,
@@ -283,6 +302,8 @@ class RecService:
     # -- adding items --------------------------------------------------------------------------
     def add_items(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Add or update items (``{"id", "text", "title"?, "vector"?, ...}``); persisted before returning."""
+        if self.read_only:
+            raise ServeError(409, "read_only", f"items cannot be added on this server: {self.read_only}")
         if not items:
             raise ServeError(422, "no_items", "no items given")
         if len(items) > MAX_ITEMS_PER_REQUEST:

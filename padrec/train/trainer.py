@@ -53,14 +53,19 @@ class _Users(Dataset):
 
 
 class NextItemBatches:
-    """Collate user ids into (input, target) pairs: each position predicts the following item."""
+    """Collate user ids into (input, target) pairs: each position predicts the following item.
+
+    ``crop`` drops the columns that are padding in every row. With left padding no model's output at a real
+    position depends on them (transformers mask padding keys and align positions to the last item, the GRU packs
+    padding away, Caser's window sees zero vectors either way), so a cropped batch has the same loss; only the
+    shapes of dropout's random draws change. ``tests/test_defaults.py`` checks this for every model.
+    """
 
     def __init__(self, seqs: list[np.ndarray], max_len: int, crop: bool = False) -> None:
         self.seqs, self.max_len, self.crop = seqs, max_len, crop
 
     def __call__(self, users: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         chunks = [self.seqs[u][-(self.max_len + 1) :] for u in users]
-        # left padding only: dropping columns that are padding for every row changes no output
         width = max(1, max(len(c) for c in chunks) - 1) if self.crop else self.max_len
         inp = pad_left([c[:-1] for c in chunks], width)
         tgt = pad_left([c[1:] for c in chunks], width)
@@ -68,7 +73,11 @@ class NextItemBatches:
 
 
 class MaskedItemBatches:
-    """BERT4Rec's cloze task: mask random positions (at least one per user) and predict them."""
+    """BERT4Rec's cloze task: mask random positions (at least one per user) and predict them.
+
+    The mask is drawn at full ``max_len`` width and cropped with the batch, so a cropped batch masks exactly the
+    positions the uncropped one does (same seed, same batches: same loss).
+    """
 
     def __init__(
         self, seqs: list[np.ndarray], max_len: int, mask_id: int, mask_prob: float, seed: int, crop: bool = False
@@ -81,7 +90,8 @@ class MaskedItemBatches:
         width = min(self.max_len, max(1, max(len(r) for r in rows))) if self.crop else self.max_len
         seq = pad_left(rows, width)
         real = seq > 0
-        masked = (self.rng.random(seq.shape) < self.p) & real
+        draws = self.rng.random((len(rows), self.max_len))[:, self.max_len - width :]
+        masked = (draws < self.p) & real
         last = width - 1
         none = ~masked.any(1)
         masked[none, last] = real[none, last]
@@ -208,18 +218,20 @@ def validation_ndcg(
 
 
 def sequence_loader(rec: Any, split: Split) -> DataLoader:
-    """Users with something to predict, batched into next-item or cloze examples."""
+    """Users with something to predict, batched into next-item or cloze examples.
+
+    Batches are always cropped to their longest history (no output changes, see :class:`NextItemBatches`);
+    ``length_buckets`` also groups users of similar length, so little padding is left at all."""
     cfg = rec.train_cfg
     seqs = split.train_sequences()
     lengths = np.diff(split.train_offsets)
-    crop = cfg.length_buckets
     if rec.net.bidirectional:
-        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.mask_prob, cfg.seed, crop)
+        collate: Any = MaskedItemBatches(seqs, rec.max_len, rec.net.mask_id, rec.mask_prob, cfg.seed, crop=True)
         users = np.flatnonzero(lengths >= 1)
     else:
-        collate = NextItemBatches(seqs, rec.max_len, crop)
+        collate = NextItemBatches(seqs, rec.max_len, crop=True)
         users = np.flatnonzero(lengths >= 2)
-    if not crop:
+    if not cfg.length_buckets:
         return DataLoader(_Users(users), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
     kept = np.minimum(lengths[users], rec.max_len + (0 if rec.net.bidirectional else 1))
     sampler = LengthBucketSampler(kept, cfg.batch_size)
