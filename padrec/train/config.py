@@ -35,9 +35,9 @@ class TrainConfig(Strict):
     val_every: int = Field(default=1, ge=1)  # validate every k epochs (and after the last): for costly scoring
     # validate on a seeded sample of this many users (model selection only; the test always ranks every user)
     val_users: int | None = Field(default=None, ge=1)
-    # sequential models: batch users of similar history length and crop the batch to its longest history
-    # (same examples per epoch, far less padding on short-history data such as Amazon)
-    length_buckets: bool = False
+    # sequential models: batch users of similar history length (every batch is cropped to its longest history
+    # anyway); same examples per epoch, far less padding on short-history data. On by default: README "Results"
+    length_buckets: bool = True
     seed: int = 42
     eval_batch_size: int = Field(default=1024, ge=1)
     accelerator: str = "auto"
