@@ -154,6 +154,13 @@ def test_concordance_before_and_after_alignment_is_recorded(pad_run):
     for when in ("before", "after"):
         assert 0.0 <= c[when]["overlap_at_k"] <= 1.0
     assert c["items"] > 10
+    curve = c["curve"]
+    k10 = curve["k"].index(10)
+    assert curve["before"][k10] == c["before"]["overlap_at_k"] and curve["after"][k10] == c["after"]["overlap_at_k"]
+    assert curve["random"][k10] == pytest.approx(10 / (c["items"] - 1))
+    assert all(len(curve[key]) == len(curve["k"]) for key in ("before", "after", "random"))
+    png = (pad_run.run_dir / "concordance.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
 def test_bert4rec_pad_adds_items_before_its_mask_row(toy, tmp_path):

@@ -183,3 +183,38 @@ def plot_groups(
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return out
+
+
+def plot_concordance(curve: Mapping[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
+    """Neighbourhood overlap@k of the id and text spaces, before vs after alignment, with random neighbours
+    as the floor: does alignment make items that are close by behaviour also close by text?"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = list(curve["k"])
+    if not ks:
+        raise ValueError("plot_concordance needs at least one k")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = (("before", "before alignment (pre-trained ids vs raw text)", PALETTE[0], "o"),
+              ("after", "after alignment (aligned ids vs adapted text)", PALETTE[1], "s"),
+              ("random", "random neighbours", BASELINE_COLOURS[1], None))  # fmt: skip
+    for key, label, colour, marker in styles:
+        if key in curve:
+            ax.plot(ks, curve[key], label=label, color=colour, marker=marker, linestyle="--" if marker is None else "-")
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (nearest neighbours)")
+    ax.set_ylabel("overlap@k of id and text neighbours")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out

@@ -315,7 +315,18 @@ def pad_report(run_dir: str | Path, dataset: Any, results: Mapping[str, Results]
     stages = {s: run_dir / s for s in ("pretrain", "align", "text-expert", "pad")}
     files = ("pad.json", "dataset.json", *(f"{s}/config.yaml" for s in stages))
     last = list(results)[-1] if results else "PAD"
-    return write_report(run_dir, f"{last} on {getattr(dataset, 'name', dataset)}", dataset, results, files, stages)
+    notes = []
+    conc = run_dir / "concordance.json"
+    if conc.is_file():
+        c = json.loads(conc.read_text(encoding="utf-8"))
+        b, a = c["before"], c["after"]
+        notes.append(
+            f"id-space vs text-space neighbours over {c['items']:,} items, overlap@{c['k']} before → after alignment: "
+            f"{b['overlap_at_k']:.3f} → {a['overlap_at_k']:.3f} (random: {c['k'] / max(c['items'] - 1, 1):.3f})"
+            + (" ![concordance](concordance.png)" if (run_dir / "concordance.png").is_file() else "")
+        )
+    title = f"{last} on {getattr(dataset, 'name', dataset)}"
+    return write_report(run_dir, title, dataset, results, files, stages, notes=notes)
 
 
 def palr_report(run_dir: str | Path, dataset: Any, evaluation: Any) -> Path:

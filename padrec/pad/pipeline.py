@@ -213,7 +213,13 @@ def run_pad(
     )
 
     if out.aligned is not None:
-        atomic_write_text(run_dir / "concordance.json", json.dumps(alignment_concordance(out, split), indent=2))
+        conc = alignment_concordance(out, split)
+        atomic_write_text(run_dir / "concordance.json", json.dumps(conc, indent=2))
+        if importlib.util.find_spec("matplotlib") is not None:
+            from padrec.eval.plots import plot_concordance
+
+            title = f"{split.dataset.name}: id-space vs text-space neighbours, before/after alignment"
+            plot_concordance(conc["curve"], run_dir / "concordance.png", title=title)
 
     if evaluate:
         ev = Evaluator(split, Protocol())
@@ -267,11 +273,14 @@ def plot_bins(
     )
 
 
-def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, Any]:
+def alignment_concordance(
+    out: PADRun, split: Split, k: int = 10, ks: tuple[int, ...] = (1, 5, 10, 20, 50)
+) -> dict[str, Any]:
     """PAD's analysis: do items close in the id space stay close in the text space, before vs after alignment?
 
     Before: the pre-trained id table vs the raw text vectors. After: the aligned tower's id table vs its
-    adapted text vectors g(t). Same items (seen in training), same sample, same seed.
+    adapted text vectors g(t). Same items (seen in training), same sample, same seed. ``curve`` holds the
+    neighbourhood overlap@k for every k in ``ks`` (and what random neighbours would give, k / (n - 1)).
     """
     import torch
 
@@ -284,7 +293,16 @@ def alignment_concordance(out: PADRun, split: Split, k: int = 10) -> dict[str, A
     text_after = out.aligned.text_space()[seen]
     before = concordance(ids_before, out.text[seen], k=k)
     after = concordance(ids_after, text_after, k=k)
-    return {"items": len(seen), "k": k, "before": before, "after": after}
+    ks = tuple(x for x in ks if 1 <= x < len(seen))
+    curve = {
+        "k": list(ks),
+        "before": [before["overlap_at_k"] if x == k else concordance(ids_before, out.text[seen], k=x)["overlap_at_k"]
+                   for x in ks],
+        "after": [after["overlap_at_k"] if x == k else concordance(ids_after, text_after, k=x)["overlap_at_k"]
+                  for x in ks],
+        "random": [x / (len(seen) - 1) for x in ks],
+    }  # fmt: skip
+    return {"items": len(seen), "k": k, "before": before, "after": after, "curve": curve}
 
 
 def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> str:
