@@ -384,8 +384,8 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     stop = _ConfiguredEarlyStopping(VAL_METRIC, mode="max", patience=cfg.patience, strict=cfg.val_every == 1)
     # one log folder per (re)start: a resumed run must never overwrite the earlier epochs' logs
     version = f"run{len(list((run_dir / 'logs').glob('run*')))}"
+    quiet_lightning()  # before the loggers: MLflow's store warns on creation
     loggers = make_loggers(cfg, run_dir, version, split.dataset.name, {"model": rec.name, **rec.config})
-    quiet_lightning()
     if cfg.val_every > 1:  # epochs without validation are expected: no checkpoint warning for them
         warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
     trainer = L.Trainer(
