@@ -309,6 +309,14 @@ def pad(
     preset: Annotated[
         str | None, typer.Option(help="Named configuration: paper (the published design) or simfrozen (padrec's).")
     ] = None,
+    new_items: Annotated[
+        float | None,
+        typer.Option(
+            help="Hold this share of the items out of training entirely, add them afterwards from their text and "
+            "report the test users whose target is one of them (the new-item protocol)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --new-items draw.")] = 0,
     items: Items = None,
     user_col: UserCol = None,
     item_col: ItemCol = None,
@@ -325,26 +333,54 @@ def pad(
     for title similarity to the last item), training keys (lr=0.001 max_epochs=50), and backbone keys
     with a prefix (backbone.d=128 backbone.max_epochs=100).
     """
+    import numpy as np
+
     from padrec.eval.runreport import pad_report
-    from padrec.pad.pipeline import check_overrides, comparison_table, run_pad
+    from padrec.pad.pipeline import check_overrides, comparison_table, run_pad, with_preset
     from padrec.train.config import parse_overrides
 
     quiet = _quiet(quiet, as_json)
-    overrides = _run(lambda: parse_overrides(list(ctx.args)))
+    overrides = _run(lambda: with_preset(preset, parse_overrides(list(ctx.args))))
     ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
     split = _load_split(ref, quiet=quiet)
+    ns = None
+    if new_items is not None:
+        from padrec.eval.newitems import new_item_split
+
+        ns = _run(lambda: new_item_split(split.dataset, new_items, seed))
+        split = ns.train
     _run(lambda: check_overrides(split, backbone, overrides))
     run_dir = run_dir or Path("runs") / split.dataset.name / f"pad-{backbone}"
     run_dir.mkdir(parents=True, exist_ok=True)
     ref.write(run_dir, split.dataset)
-    out = _run(lambda: run_pad(split, run_dir, backbone=backbone, encoder=encoder, overrides=overrides))
+    text = full_text = None
+    if ns is not None:  # one embedding of the whole catalogue: the run's rows now, the held-out rows afterwards
+        from padrec.text import embed_items
+
+        full_text = _run(lambda: embed_items(ns.full, encoder=encoder).vectors)
+        text = full_text[np.concatenate([[0], ns.full.to_internal(split.dataset.item_ids[1:])])]
+    out = _run(lambda: run_pad(split, run_dir, backbone=backbone, encoder=encoder, overrides=overrides, text=text))
     report = pad_report(run_dir, split.dataset, out.results)  # RUN/report.md: config, data, results, plots
     if out.skipped and not quiet:
         typer.echo(f"reused finished stages: {', '.join(out.skipped)}", err=True)
+    fresh = {}
+    if ns is not None:
+        from padrec.pad.pipeline import new_item_results, new_item_table
+        from padrec.utils import atomic_write_text
+
+        fresh = _run(lambda: new_item_results(out, ns, encoder, full_text))
+        record = {"share": ns.share, "seed": ns.seed, "held_items": len(ns.held)}
+        record["results"] = {k: r.to_dict() for k, r in fresh.items()}
+        atomic_write_text(run_dir / "newitems.json", json.dumps(record, indent=2))
     if as_json:
-        typer.echo(json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2))
+        res = {k: r.to_dict() for k, r in out.results.items()}
+        if fresh:
+            res["new_items"] = {k: r.to_dict() for k, r in fresh.items()}
+        typer.echo(json.dumps(res, indent=2))
     else:
         typer.echo(comparison_table(out.results))
+        if fresh:
+            typer.echo(new_item_table(fresh, ns.share))
         if (run_dir / "bins.png").exists() and not quiet:
             typer.echo(f"per-bin plot: {run_dir / 'bins.png'}")
     if not quiet:

@@ -93,6 +93,11 @@ class SeqDataset:
             return [""] * (self.n_items + 1)
         return self.item_table["title"].fillna("").astype(str).tolist()
 
+    def titles_of(self, internal: Sequence[int] | np.ndarray) -> list[str]:
+        """Titles of the given internal ids ("" when unknown)."""
+        titles = self.titles()
+        return [titles[int(i)] for i in internal]
+
     def item_counts(self) -> np.ndarray:
         """Interactions per internal item id over the whole dataset (index 0 is 0)."""
         return np.bincount(self.items, minlength=self.n_items + 1)

@@ -305,6 +305,45 @@ def alignment_concordance(
     return {"items": len(seen), "k": k, "before": before, "after": after, "curve": curve}
 
 
+def new_item_results(
+    out: PADRun, ns: Any, encoder: str = "minilm", text: np.ndarray | None = None
+) -> dict[str, Results]:
+    """The new-item protocol (:mod:`padrec.eval.newitems`) for a run trained on ``ns.train``: the backbone (which
+    cannot score items it never saw) and PAD after adding every held-out item from its text vector alone.
+
+    ``text``: vectors of ``ns.full``'s items (default: embedded with ``encoder``, cached like every text table)."""
+    import copy
+
+    from padrec.eval.newitems import evaluate_new_items
+
+    if text is None:
+        from padrec.text import embed_items
+
+        text = embed_items(ns.full, encoder=encoder).vectors
+    rows = ns.held_internal()
+    pad = copy.deepcopy(out.pad)  # the run's model stays as trained
+    pad.add_item_vectors(ns.held, np.asarray(text, dtype=np.float32)[rows], ns.full.titles_of(rows))
+    backbone = out.backbone.name
+    return {
+        backbone: evaluate_new_items(out.backbone, ns, backbone),
+        f"pad-{backbone}": evaluate_new_items(pad, ns, f"pad-{backbone}"),
+    }
+
+
+def new_item_table(results: dict[str, Results], share: float) -> str:
+    """A few lines: users whose target is a held-out item, and each model's HR@10 / NDCG@10 on them."""
+    first = next(iter(results.values()))
+    lines = [
+        f"new items ({first.protocol}): {100 * share:g}% of the items held out of training, added afterwards from "
+        f"text; {first.n_users} test users whose target is one of them",
+        f"{'model':>16s}  {'HR@10':>8s}  {'NDCG@10':>8s}",
+    ]
+    for name, r in results.items():
+        note = "" if r.groups.get("scorable", {}).get("users") else "  (cannot score new items)"
+        lines.append(f"{name:>16s}  {r.overall['HR@10']:8.4f}  {r.overall['NDCG@10']:8.4f}{note}")
+    return "\n".join(lines)
+
+
 def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("HR@10", "NDCG@10")) -> str:
     """One table: rows = overall, cold, warm, bin1..bin10 (+unseen) and freq0..freq>200; columns = model × metric."""
     names = list(results)
