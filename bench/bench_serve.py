@@ -251,9 +251,10 @@ def markdown(records: list[dict]) -> str:
         "# Serving: POST /recommend top-10 over loopback (client-side latency)",
         "",
         "Modes: `unbatched` scores each request alone in the server's thread pool (`--max-batch 1`, the only mode",
-        "before batching); `batched` queues concurrent requests and scores up to `--max-batch` histories with one",
-        "model call on a worker thread, after waiting at most `--batch-wait-ms` for company. Rows of one dataset",
-        "and commit were measured side by side in one run of `bench/bench_serve.py`.",
+        "before batching); `batched` queues concurrent requests and scores up to `--max-batch` histories in one pass",
+        "on a worker thread (sequential models: grouped by length, without the padding to `max_len`), waiting at",
+        "most `--batch-wait-ms` for company under load. Rows of one dataset and commit were measured side by side",
+        "in one run of `bench/bench_serve.py`, in rounds alternating between the modes; the note gives the load.",
         "",
         "| dataset | model | items | mode | workers | clients | requests | errors | req/s | p50 ms | p99 ms "
         "| mean batch | commit | note |",
