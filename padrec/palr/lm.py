@@ -283,6 +283,52 @@ def generate(lm: CausalLM, prompts: Sequence[str], max_new_tokens: int = 128, ba
     return out
 
 
+def label_token_ids(lm: CausalLM, labels: Sequence[str], prefix: str = "[") -> list[int]:
+    """The token each label becomes right after ``prefix`` in an answer; every label must be one token there."""
+    base = lm.encode(lm.wrap("x") + prefix)
+    ids = []
+    for lab in labels:
+        full = lm.encode(lm.wrap("x") + prefix + lab)
+        extra = full[len(base) :] if full[: len(base)] == base else None
+        if extra is None or len(extra) != 1:
+            raise ValueError(f"label {lab!r} is not one token after {prefix!r} for {lm.spec}: use fewer candidates")
+        ids.append(extra[0])
+    return ids
+
+
+def next_token_logits(lm: CausalLM, texts: Sequence[str], token_ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
+    """Log-probabilities of ``token_ids`` as the next token after each raw ``text`` (already wrapped), ``[B, T]``.
+
+    One forward pass per batch of texts, left-padded so the last position is every row's next-token position."""
+    import torch
+
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else lm.eos_id
+    want = torch.as_tensor(list(token_ids), dtype=torch.long)
+    out = np.zeros((len(texts), len(want)), dtype=np.float64)
+    for lo in range(0, len(texts), batch_size):
+        ids = [lm.encode(t) for t in texts[lo : lo + batch_size]]
+        width = max(len(x) for x in ids)
+        inp = torch.full((len(ids), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for r, x in enumerate(ids):
+            inp[r, width - len(x) :] = torch.tensor(x)
+            mask[r, width - len(x) :] = 1
+        # left padding shifts positions: give each row positions counted from its first real token
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        with torch.inference_mode():
+            kw = {"position_ids": pos.to(lm.device)} if _takes_positions(lm.model) else {}
+            logits = lm.model(input_ids=inp.to(lm.device), attention_mask=mask.to(lm.device), **kw).logits[:, -1]
+        out[lo : lo + len(ids)] = logits.float().log_softmax(-1)[:, want.to(logits.device)].cpu().numpy()
+    return out
+
+
+def _takes_positions(model: Any) -> bool:
+    import inspect
+
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
 def continuation_logprobs(
     lm: CausalLM, prefix: str, continuations: Sequence[str], batch_size: int = 64, norm: str = "mean"
 ) -> np.ndarray:

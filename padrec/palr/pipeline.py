@@ -86,8 +86,8 @@ def profile_store(run_dir: Path | None, catalog: ItemCatalog) -> ProfileStore:
 def palr_label(cfg: PALRConfig, finetuned: bool) -> str:
     """``palr-zeroshot`` / ``palr-v1`` (Recommend only) / ``palr-v2`` (both tasks), + ``-generation``, + ``-gt``."""
     base = "palr-zeroshot" if not finetuned else ("palr-v2" if "recommend_retrieval" in cfg.tasks else "palr-v1")
-    if cfg.mode == "generation":
-        base += "-generation"
+    if cfg.mode in ("generation", "verbalizer"):
+        base += f"-{cfg.mode}"
     return base + ("-gt" if cfg.upper_bound else "")
 
 
@@ -215,7 +215,7 @@ def evaluate_palr(
     from tqdm.auto import tqdm
 
     n_users = len(sub.users(stage))
-    batch = max(cfg.gen_batch_size if cfg.mode == "generation" else 8, 1)
+    batch = max({"generation": cfg.gen_batch_size, "verbalizer": cfg.verbalizer_batch}.get(cfg.mode, 8), 1)
     with tqdm(total=n_users, desc=label, disable=not progress, leave=False) as bar:
         ranker.progress = bar
         res = Evaluator(sub, Protocol(batch_size=batch)).run(ranker, stage)

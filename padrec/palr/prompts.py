@@ -48,6 +48,23 @@ RECOMMEND_RETRIEVAL_TEMPLATE = (
 )
 
 #: used when a tokenizer has no chat template (a base model, a tiny test tokenizer)
+LABELLED_RETRIEVAL_TEMPLATE = (
+    "Task: choose the {noun} this user is most likely to interact with next, from the candidates below.\n"
+    "{profile_line}"
+    "The user's last {h} {noun}s, oldest first:\n"
+    "{history}\n"
+    "\n"
+    "Candidates:\n"
+    "{candidates}\n"
+    "\n"
+    "Answer with the letter of the best candidate only."
+)
+
+#: the verbalizer ranker appends this to the chat-wrapped prompt and reads the next token: a candidate's label
+VERBALIZER_PREFIX = "["
+#: one-token labels for the verbalizer ranker, in the order candidates are listed
+LABELS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
 PLAIN_CHAT_FORMAT = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 _YEAR_END = re.compile(r"\((\d{4})\)\s*$")
@@ -192,6 +209,21 @@ def recommend_retrieval_prompt(
         h=len(history),
         history=numbered(history_lines(catalog, history)),
         candidates="\n".join(f"- {catalog.render(c)}" for c in candidates),
+    )
+
+
+def labelled_retrieval_prompt(
+    catalog: ItemCatalog, history: Sequence[int], profile: str | None, candidates: Sequence[int]
+) -> str:
+    """The verbalizer task: candidates listed as ``[A] title``; the answer is one label."""
+    if len(candidates) > len(LABELS):
+        raise ValueError(f"verbalizer ranking labels at most {len(LABELS)} candidates, got {len(candidates)}")
+    return LABELLED_RETRIEVAL_TEMPLATE.format(
+        noun=catalog.noun,
+        profile_line=_profile_line(profile),
+        h=len(history),
+        history=numbered(history_lines(catalog, history)),
+        candidates="\n".join(f"[{lab}] {catalog.render(c)}" for lab, c in zip(LABELS, candidates, strict=False)),
     )
 
 

@@ -9,6 +9,10 @@ Two ranking modes:
   then filled from the retriever's order.
 - ``likelihood``: every candidate title is scored by its mean (or summed) token log-likelihood as
   the first answer line after the prompt; no hallucination is possible.
+- ``verbalizer`` (padrec's, a deviation from the paper, after LlamaRec's verbalizer ranker): the candidates
+  are listed with one-token labels (``[A] title``), and ONE forward pass per batch of users scores every
+  candidate by the log-probability of its label as the answer's first token. No generation, no per-candidate
+  passes, no hallucination; the ranking is a single next-token distribution.
 
 :class:`PALRRanker` returns ``[B, n_items + 1]`` scores so the standard :class:`~padrec.eval.Evaluator`
 computes full-ranking metrics: the ranked candidates get ``BIG + (N - position)``, every other item
@@ -210,6 +214,8 @@ class PALRRanker(Recommender):
             picks = [[] for _ in lists]
         elif cfg.mode == "likelihood":
             picks = [self._rank_likelihood(h, p, c) for h, p, c in zip(prompt_hist, profiles, lists, strict=True)]
+        elif cfg.mode == "verbalizer":
+            picks = self._rank_verbalizer(prompt_hist, profiles, lists)
         else:
             picks = self._rank_generation(prompt_hist, profiles, lists)
         self.stats["rank_seconds"] += time.perf_counter() - t0
@@ -291,6 +297,30 @@ class PALRRanker(Recommender):
         if len(self.examples) < 3:
             self.examples.append({"prompt": prefix, "top": [self.catalog.render(cands[i]) for i in order[:5]]})
         return [cands[i] for i in order]
+
+    def _rank_verbalizer(
+        self, histories: list[list[int]], profiles: list[str | None], lists: list[list[int]]
+    ) -> list[list[int]]:
+        from padrec.palr.lm import label_token_ids, next_token_logits
+        from padrec.palr.prompts import LABELS, VERBALIZER_PREFIX, labelled_retrieval_prompt
+
+        width = max((len(c) for c in lists), default=0)
+        if getattr(self, "_label_ids", None) is None or len(self._label_ids) < width:
+            self._label_ids = label_token_ids(self.lm, LABELS[: max(width, 1)], VERBALIZER_PREFIX)
+        shown = [self._prompt_order(h, c) for h, c in zip(histories, lists, strict=True)]
+        texts = [
+            self.lm.wrap(labelled_retrieval_prompt(self.catalog, h, p, s)) + VERBALIZER_PREFIX
+            for h, p, s in zip(histories, profiles, shown, strict=True)
+        ]
+        lp = next_token_logits(self.lm, texts, self._label_ids[:width], self.cfg.verbalizer_batch)
+        picks = []
+        for r, (cands, order_shown) in enumerate(zip(lists, shown, strict=True)):
+            score = {c: lp[r, k] for k, c in enumerate(order_shown)}
+            rank = np.lexsort((np.arange(len(cands)), -np.asarray([score[c] for c in cands])))  # ties: retriever
+            picks.append([cands[i] for i in rank])
+            if len(self.examples) < 3:
+                self.examples.append({"prompt": texts[r], "top": [self.catalog.render(c) for c in picks[-1][:5]]})
+        return picks
 
     def _rank_generation(
         self, histories: list[list[int]], profiles: list[str | None], lists: list[list[int]]
