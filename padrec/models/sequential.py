@@ -168,10 +168,22 @@ class SequentialRecommender(Recommender):
             )
         return self.params.max_len
 
+    def _resume_max_len(self, run_dir: Path) -> None:
+        """A resumed run keeps the ``max_len`` its checkpoints were trained with (the data or defaults may differ)."""
+        import yaml
+
+        path = run_dir / "config.yaml"
+        if path.is_file():
+            saved = (yaml.safe_load(path.read_text()) or {}).get("params", {}).get("max_len")
+            if isinstance(saved, int):
+                self._set_max_len(saved)
+
     def fit(self, split: Split, run_dir: str | Path | None = None, resume: bool = False) -> SequentialRecommender:
         from padrec.train.trainer import train
 
         self._remember_items(split)
+        if resume and self.params.max_len is None and run_dir is not None:
+            self._resume_max_len(Path(run_dir))
         self.resolve_max_len(split)
         if self.net is None or self.net.n_items != self.n_items:
             self._build()
