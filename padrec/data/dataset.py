@@ -149,3 +149,44 @@ def from_sequences(
         item_table=table,
         meta=dict(meta or {}),
     )
+
+
+def from_codes(
+    name: str,
+    user_ids: Sequence[str] | np.ndarray,
+    offsets: np.ndarray,
+    codes: np.ndarray,
+    item_uniques: Sequence[str] | np.ndarray,
+    timestamps: np.ndarray | None = None,
+    item_table: pd.DataFrame | None = None,
+    meta: dict | None = None,
+    keep_unseen_items: bool = False,
+) -> SeqDataset:
+    """:func:`from_sequences` for data already in columns: ``codes[j]`` is the position in ``item_uniques`` of
+    interaction ``j`` (users' sequences back to back, cut at ``offsets``), numbered by first appearance.
+
+    Same dataset as ``from_sequences`` would build from the same sequences, with Python objects only per
+    user and per item (never per interaction), so it scales to logs of 5e7 rows.
+    """
+    uniques = [str(u) for u in item_uniques]
+    if keep_unseen_items and item_table is not None:
+        known = set(uniques)
+        uniques += [str(i) for i in item_table.index if str(i) not in known]
+    item_ids = np.asarray([PAD_TOKEN, *uniques], dtype=object)
+    table = pd.DataFrame({"item_id": item_ids})
+    if item_table is not None:
+        extra = item_table.copy()
+        extra.index = extra.index.astype(str)
+        extra = extra.reindex(item_ids[1:])
+        extra.index = range(1, len(item_ids))
+        table = table.join(extra.drop(columns=["item_id"], errors="ignore"))
+    return SeqDataset(
+        name=name,
+        user_ids=np.asarray([str(u) for u in user_ids], dtype=object),
+        item_ids=item_ids,
+        offsets=np.asarray(offsets, dtype=np.int64),
+        items=np.asarray(codes, dtype=np.int64) + 1,
+        timestamps=None if timestamps is None else np.asarray(timestamps, dtype=np.int64),
+        item_table=table,
+        meta=dict(meta or {}),
+    )

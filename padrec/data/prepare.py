@@ -125,7 +125,7 @@ def prepare(ds: SeqDataset, opts: PrepOptions | None = None) -> SeqDataset:
     lengths = np.bincount(uid[keep], minlength=n_users)[users_kept]
     offsets = np.zeros(len(users_kept) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    item_ids = np.asarray([PAD_TOKEN, *(str(ds.item_ids[i]) for i in uniq)], dtype=object)
+    item_ids = np.asarray([PAD_TOKEN, *map(str, ds.item_ids[uniq].tolist())], dtype=object)  # one gather, not a loop
     rows = np.concatenate([[0], uniq]).astype(np.int64)
     if ds.item_table is not None:
         table = ds.item_table.iloc[rows].reset_index(drop=True)
@@ -144,7 +144,7 @@ def prepare(ds: SeqDataset, opts: PrepOptions | None = None) -> SeqDataset:
     )
     return SeqDataset(
         name=ds.name,
-        user_ids=np.asarray([str(ds.user_ids[u]) for u in users_kept], dtype=object),
+        user_ids=np.asarray([*map(str, ds.user_ids[users_kept].tolist())], dtype=object),
         item_ids=item_ids,
         offsets=offsets,
         items=codes.astype(np.int64) + 1,

@@ -26,6 +26,9 @@ from padrec.eval.results import Results
 N_BINS = 10
 #: popularity bins (of 10) reported together as "cold" items; the rest (1-7) are "warm"
 COLD_BINS: tuple[int, ...] = (8, 9, 10)
+#: most scores one batch may hold (users × items): with a 1e6-item catalogue a batch is 67 users (256 MB of
+#: float32 scores), never users × items; small catalogues keep ``Protocol.batch_size``
+SCORE_BUDGET = 1 << 26
 
 
 def _added_items(model: Any, item_ids: np.ndarray) -> int:
@@ -85,7 +88,7 @@ class Evaluator:
         width = split.n_items + 1
         extra = _added_items(model, split.dataset.item_ids)
         out = np.empty(len(users), dtype=np.int64)
-        bs = self.protocol.batch_size
+        bs = max(1, min(self.protocol.batch_size, SCORE_BUDGET // width))
         with torch.inference_mode():
             for lo in range(0, len(users), bs):
                 hi = min(lo + bs, len(users))

@@ -140,7 +140,7 @@ class RecLightning(L.LightningModule):
             self.timings["valid"].append(0.0)
             self.timings["ndcg"].append(None)
         else:
-            ndcg = validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size, self.cfg.val_users, self.cfg.seed)
+            ndcg = self._validate()
             self.timings["valid"].append(time.perf_counter() - t1)
             self.timings["ndcg"].append(ndcg)
             self.log(VAL_METRIC, ndcg, prog_bar=True, sync_dist=False)
@@ -148,6 +148,21 @@ class RecLightning(L.LightningModule):
                 self.plateau.step(ndcg)
         if self.times_path is not None and self.trainer.is_global_zero:  # every epoch: a kill loses nothing
             atomic_write_text(self.times_path, json.dumps(self.timings))
+
+    def _validate(self) -> float:
+        """Validation NDCG@10. Under DDP each rank ranks its own share of the validation users and the sums are
+        reduced, so every rank gets the single-process number for the cost of one evaluation, not one per rank."""
+        world = self.trainer.world_size
+        if world < 2:
+            return validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size, self.cfg.val_users, self.cfg.seed)
+        rank = self.trainer.global_rank
+        ranks = validation_ranks(self.rec, self.split, self.cfg.eval_batch_size, self.cfg.val_users, self.cfg.seed,
+                                 shard=(rank, world))  # fmt: skip
+        local = torch.tensor([float(_ndcg10(ranks).sum()), float(len(ranks))], dtype=torch.float64, device=self.device)
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")
+        if total[1] == 0:
+            raise ValueError(f"no users with a valid target in split {self.split.kind!r}: nothing to validate on")
+        return float(total[0] / total[1])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = self.rec.param_groups() if hasattr(self.rec, "param_groups") else self.net.parameters()
@@ -202,16 +217,38 @@ def validation_users(split: Split, n: int | None, seed: int) -> np.ndarray | Non
     return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
 
 
+def validation_ranks(
+    rec: Any,
+    split: Split,
+    batch_size: int = 1024,
+    max_users: int | None = None,
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+) -> np.ndarray:
+    """Full-ranking ranks of the validation users (a seeded sample when ``max_users``); ``shard=(rank, world)``
+    keeps every world-th of them, starting at rank, so DDP ranks split the work without overlap."""
+    from padrec.eval.evaluator import Evaluator
+    from padrec.eval.protocol import Protocol
+
+    subset = validation_users(split, max_users, seed)
+    rank, world = shard
+    if world > 1:
+        subset = (np.arange(len(split.users("valid"))) if subset is None else subset)[rank::world]
+    return Evaluator(split, Protocol(batch_size=batch_size)).ranks(rec, "valid", subset=subset)
+
+
+def _ndcg10(ranks: np.ndarray) -> np.ndarray:
+    """Per-user NDCG@10 of 0-based target ranks (one relevant item: 1/log2(rank + 2) inside the top 10)."""
+    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def validation_ndcg(
     rec: Any, split: Split, batch_size: int = 1024, max_users: int | None = None, seed: int = 0
 ) -> float:
     """Full-ranking NDCG@10 on the validation targets (of a seeded user sample when ``max_users`` is set)."""
-    from padrec.eval.evaluator import Evaluator
     from padrec.eval.metrics import metrics_from_ranks
-    from padrec.eval.protocol import Protocol
 
-    subset = validation_users(split, max_users, seed)
-    ranks = Evaluator(split, Protocol(batch_size=batch_size)).ranks(rec, "valid", subset=subset)
+    ranks = validation_ranks(rec, split, batch_size, max_users, seed)
     if len(ranks) == 0:
         raise ValueError(f"no users with a valid target in split {split.kind!r}: nothing to validate on")
     return float(metrics_from_ranks(ranks, (10,))["NDCG@10"])
@@ -249,12 +286,27 @@ class LengthBucketSampler(Sampler[int]):
 
     def __init__(self, lengths: np.ndarray, batch_size: int, window: int = 50) -> None:
         self.lengths, self.batch_size, self.window = np.asarray(lengths), batch_size, window
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _generator(self) -> torch.Generator | None:
+        """Under DDP every rank must draw the same stream (each keeps every world_size-th index of it), but the
+        ranks' global generators drift apart after one epoch (dropout draws batch-shaped noise): seed from
+        (seed, epoch) there. A single process keeps the global generator, so its runs are unchanged."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return None
+        if torch.distributed.get_world_size() < 2:
+            return None
+        return torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)) * 100_003 + self.epoch)
+
     def __iter__(self) -> Any:
-        order = torch.randperm(len(self.lengths)).numpy()
+        gen = self._generator()
+        order = torch.randperm(len(self.lengths), generator=gen).numpy()
         span = self.batch_size * self.window
         batches: list[np.ndarray] = []
         for lo in range(0, len(order), span):
@@ -263,7 +315,7 @@ class LengthBucketSampler(Sampler[int]):
             batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
         # the loader re-cuts this stream every batch_size indices: the one short batch must come last
         full = [b for b in batches if len(b) == self.batch_size]
-        for k in torch.randperm(len(full)).tolist():
+        for k in torch.randperm(len(full), generator=gen).tolist():
             yield from full[k].tolist()
         for b in batches:
             if len(b) < self.batch_size:
@@ -422,13 +474,18 @@ def train(rec: Any, split: Split, run_dir: str | Path | None = None, resume: boo
     rec.net.cpu().eval()  # a fitted model scores; score() then never toggles modes
     if trainer.is_global_zero:
         rec.save(run_dir)
+        times, score = module.timings, best.best_model_score
+        if not times["train"] and module.times_path.is_file():  # ddp_spawn: the ranks kept them, rank 0 wrote them
+            times = json.loads(module.times_path.read_text())
+        if score is None and best.best_model_path:  # ddp_spawn hands back the best path, not its score
+            score = max((v for v in times["ndcg"] if v is not None), default=None)
         summary = {
-            "epochs": trainer.current_epoch,
+            "epochs": max(trainer.current_epoch, len(times["train"])),
             "best_epoch": _best_epoch(run_dir),
-            VAL_METRIC: float(best.best_model_score) if best.best_model_score is not None else None,
+            VAL_METRIC: float(score) if score is not None else None,
             "train_seconds": elapsed,  # this (re)start only
             "seconds_per_epoch": (  # training only, over every epoch of every (re)start
-                float(np.mean(module.timings["train"])) if module.timings["train"] else None
+                float(np.mean(times["train"])) if times["train"] else None
             ),
         }
         atomic_write_text(run_dir / "train.json", json.dumps(summary, indent=2))

@@ -2,7 +2,7 @@
 
 Loaders collect flat interaction arrays in file order and call :func:`build`, which sorts each user's
 interactions *stably* by time (ties keep file order: an unstable sort would silently change the
-leave-one-out targets) and hands per-user sequences to :func:`~padrec.data.dataset.from_sequences`.
+leave-one-out targets) and hands the sorted columns to :func:`~padrec.data.dataset.from_codes`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from padrec.data.dataset import SeqDataset, from_sequences
+from padrec.data.dataset import SeqDataset, from_codes
 from padrec.data.errors import DataError
 
 ENCODING = "utf-8"
@@ -259,8 +260,8 @@ def float_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
 
 def build(
     name: str,
-    users: Sequence[str] | np.ndarray,
-    items: Sequence[str] | np.ndarray,
+    users: Sequence[str] | np.ndarray | Factorized,
+    items: Sequence[str] | np.ndarray | Factorized,
     timestamps: np.ndarray | None = None,
     ratings: np.ndarray | None = None,
     item_table: pd.DataFrame | None = None,
@@ -269,21 +270,37 @@ def build(
 ) -> SeqDataset:
     """Turn flat interactions (file order) into a dataset: users by first appearance, each user's
     items stably sorted by timestamp (ties keep file order). ``keep_unseen_items``: item-table rows
-    without interactions become items too (see :func:`~padrec.data.dataset.from_sequences`)."""
-    users = np.asarray(users, dtype=object)
-    items = np.asarray(items, dtype=object)
-    codes, uniques = pd.factorize(pd.Series(users, dtype=object), sort=False)
+    without interactions become items too (see :func:`~padrec.data.dataset.from_sequences`).
+
+    Ids may come already factorized (the fast reader's :class:`Factorized`); everything here is array
+    work, so a 5e7-row log costs a few sorts, not a Python object per row."""
+    u = users if isinstance(users, Factorized) else _factorize(users, as_str=False)
+    it = items if isinstance(items, Factorized) else _factorize(items, as_str=True)
     order = (
-        np.lexsort((np.asarray(timestamps), codes))  # lexsort is stable
+        np.lexsort((np.asarray(timestamps), u.codes))  # lexsort is stable
         if timestamps is not None
-        else np.argsort(codes, kind="stable")
+        else np.argsort(u.codes, kind="stable")
     )
-    bounds = np.cumsum(np.bincount(codes, minlength=len(uniques)))[:-1]
-    seqs = np.split(items[order], bounds)
-    ts = np.split(np.asarray(timestamps, dtype=np.int64)[order], bounds) if timestamps is not None else None
-    ds = from_sequences(name, list(uniques), seqs, ts, item_table, meta, keep_unseen_items)
-    ds = finish(ds)
-    return attach_ratings(ds, None if ratings is None else np.asarray(ratings)[order])
+    counts = np.bincount(u.codes, minlength=len(u.uniques))
+    offsets = np.zeros(len(u.uniques) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    # items are numbered by first appearance in the sorted sequences, as from_sequences numbers them
+    codes, first = pd.factorize(it.codes[order], sort=False)
+    ts = None if timestamps is None else np.asarray(timestamps, dtype=np.int64)[order]
+    rated = None if ratings is None else np.asarray(ratings)[order]
+    del order
+    ds = from_codes(name, u.uniques, offsets, codes, it.uniques[first], ts, item_table, meta, keep_unseen_items)
+    return attach_ratings(finish(ds), rated)
+
+
+def _factorize(values: Sequence[str] | np.ndarray, as_str: bool) -> Factorized:
+    """Codes by first appearance; ``as_str``: ids that print alike (5 and "5") are one id, as strings are."""
+    codes, uniques = pd.factorize(pd.Series(np.asarray(values, dtype=object), dtype=object), sort=False)
+    names = np.asarray([str(x) for x in uniques], dtype=object) if as_str else np.asarray(uniques, dtype=object)
+    if as_str and len(set(names.tolist())) < len(names):
+        codes, uniques = pd.factorize(pd.Series([str(x) for x in values], dtype=object), sort=False)
+        names = np.asarray(list(uniques), dtype=object)
+    return Factorized(codes, names)
 
 
 def finish(ds: SeqDataset) -> SeqDataset:
@@ -291,8 +308,12 @@ def finish(ds: SeqDataset) -> SeqDataset:
     table = ds.item_table
     if table is not None:
         for col in table.columns:
-            values = ["" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)
-                      for v in table[col]]  # fmt: skip
+            s = table[col]
+            if s.dtype != object and pd.api.types.is_string_dtype(s.dtype):  # strings or missing: no loop needed
+                values = s.fillna("").to_numpy(dtype=object)
+            else:
+                values = ["" if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)
+                          for v in s]  # fmt: skip
             table[col] = pd.Series(values, index=table.index, dtype=object)
     return ds
 
@@ -326,3 +347,161 @@ def title_year(title: str) -> str:
     """The trailing ``(1995)`` of a MovieLens title, or an empty string."""
     m = re.search(r"\((\d{4})\)\s*$", title)
     return m.group(1) if m else ""
+
+
+# -- fast columnar path ---------------------------------------------------------------------------------------
+# Large interaction logs (1e7+ rows) are read by pyarrow into columns: ids dictionary-encoded (one Python string
+# per distinct id, none per row), times and ratings as typed arrays. It accepts only input that the careful
+# pandas path above reads the same way; on anything unusual it returns None and the caller reads the file
+# again carefully, which gives the same result or the located error. tests/test_scaling.py checks both agree.
+
+
+class Factorized(NamedTuple):
+    """Ids as ``codes`` (row -> position in ``uniques``) and ``uniques`` (str, in order of first appearance)."""
+
+    codes: np.ndarray
+    uniques: np.ndarray
+
+
+_PARQUET = (".parquet", ".pq")
+
+
+def fast_header(path: Path, sep: str | None = None) -> tuple[list[str], str | None] | None:
+    """(column names, separator) as :func:`read_table` would name them, or None when the fast reader
+    cannot promise the same reading (odd header, multi-character separator, not UTF-8, no file)."""
+    try:
+        if path.suffix.lower() in _PARQUET:
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+            return (names, None) if len(set(names)) == len(names) else None
+        with open(path, "rb") as f:
+            first = f.readline(1 << 16)
+        line = first.decode("utf-8-sig").rstrip("\n").rstrip("\r")
+    except Exception:
+        return None
+    if not line.strip() or '"' in line or not first.endswith(b"\n"):
+        return None
+    sep = sep or sniff_sep(path, line)
+    if len(sep) != 1 or sep in "\r\n\"":
+        return None
+    names = [h.strip() for h in line.split(sep)]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        return None
+    return names, sep
+
+
+def fast_columns(
+    path: Path,
+    sep: str | None,
+    header: list[str],
+    ids: Sequence[str],
+    ints: Sequence[str] = (),
+    floats: Sequence[str] = (),
+) -> dict[str, Factorized | np.ndarray] | None:
+    """The named columns of a table with no anomaly, or None (the caller then reads it carefully).
+
+    ``ids`` come back as :class:`Factorized` (stripped strings, as :func:`id_column` makes them), ``ints`` as
+    int64 (integers only; the careful path also reads decimals and dates), ``floats`` as float64 (no NaN).
+    """
+    import pyarrow as pa
+
+    wanted = [*ids, *ints, *floats]
+    try:
+        if path.suffix.lower() in _PARQUET:
+            table = _fast_parquet(path, wanted)
+        else:
+            table = _fast_csv(path, sep, header, ids, ints, floats)
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+    if table is None or table.num_rows == 0:
+        return None
+    out: dict[str, Factorized | np.ndarray] = {}
+    for col in ids:
+        f = _fast_ids(table.column(col))
+        if f is None:
+            return None
+        out[col] = f
+    for col in ints:
+        a = table.column(col)
+        if a.null_count or not pa.types.is_integer(a.type):
+            return None
+        v = a.to_numpy().astype(np.int64, copy=False)
+        if len(v) and max(abs(int(v.min())), abs(int(v.max()))) > 2**53:  # the careful path goes through float64
+            return None
+        out[col] = v
+    for col in floats:
+        a = table.column(col)
+        if a.null_count or not (pa.types.is_integer(a.type) or pa.types.is_floating(a.type)):
+            return None
+        v = a.to_numpy().astype(np.float64)
+        if np.isnan(v).any():
+            return None
+        out[col] = v
+    return out
+
+
+def _fast_csv(
+    path: Path, sep: str | None, header: list[str], ids: Sequence[str], ints: Sequence[str], floats: Sequence[str]
+) -> Any:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    types = {**{c: pa.string() for c in ids}, **{c: pa.int64() for c in ints}, **{c: pa.float64() for c in floats}}
+    return pcsv.read_csv(
+        path,
+        read_options=pcsv.ReadOptions(column_names=header, skip_rows=1, block_size=16 << 20),
+        parse_options=pcsv.ParseOptions(
+            delimiter=sep or ",", quote_char='"', double_quote=True, escape_char=False, newlines_in_values=True
+        ),
+        convert_options=pcsv.ConvertOptions(
+            include_columns=list(types),
+            column_types=types,
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+            check_utf8=True,
+        ),
+    )
+
+
+def _fast_parquet(path: Path, wanted: Sequence[str]) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=list(wanted))
+    for name in table.column_names:
+        t = table.schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+                or pa.types.is_floating(t)):  # fmt: skip
+            return None  # dates, booleans...: the careful path knows what they mean
+    return table
+
+
+def _fast_ids(column: Any) -> Factorized | None:
+    """Dictionary-encode one id column: one Python string per distinct id; None if any id is unusual."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = column.type
+    if pa.types.is_dictionary(column.type):
+        column, t = column.cast(t.value_type), t.value_type
+    if column.null_count:
+        return None
+    if pa.types.is_integer(t):
+        pass  # str(int) below, as the careful path writes Parquet integer ids
+    elif not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        return None  # floats (ints that went through float) and others: the careful path's rules
+    enc = pc.dictionary_encode(column)
+    chunks = [c for c in enc.chunks if len(c)]
+    if not chunks:
+        return None
+    uniques = chunks[-1].dictionary  # the encoder's table grows chunk by chunk: the last one holds every id
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]).astype(np.int32, copy=False)
+    names = np.asarray([str(u) for u in uniques.to_pylist()], dtype=object)
+    stripped = [s.strip() for s in names]
+    if any(not s or s != n or '"' in s for s, n in zip(stripped, names, strict=True)):
+        return None  # empty or padded ids, stray quotes: leave them to the careful path
+    return Factorized(codes, names)

@@ -14,8 +14,11 @@ import pandas as pd
 from padrec.data.dataset import SeqDataset
 from padrec.data.errors import DataError
 from padrec.data.loaders._common import (
+    Factorized,
     build,
     fail,
+    fast_columns,
+    fast_header,
     float_column,
     id_column,
     int_column,
@@ -50,21 +53,26 @@ def load_interactions(
     that is an error.
     """
     path = Path(path)
-    df = read_table(path, sep, what="interaction")
-    if time_col is None and "timestamp" in df.columns:
-        time_col = "timestamp"
-    if rating_col is None and "rating" in df.columns:
-        rating_col = "rating"
-    wanted = {user_col: "user_col", item_col: "item_col"}
-    if time_col:
-        wanted[time_col] = "time_col"
-    if rating_col:
-        wanted[rating_col] = "rating_col"
-    require_columns(df, path, wanted)
-    users = id_column(df, user_col, path)
-    items = id_column(df, item_col, path)
-    ts = int_column(df, time_col, path) if time_col else None
-    ratings = float_column(df, rating_col, path) if rating_col else None
+    fast = _fast(path, sep, user_col, item_col, time_col, rating_col)
+    if fast is not None:
+        users, items, ts, ratings = fast
+    else:  # the careful reader: same result on good input, a located error on bad input
+        df = read_table(path, sep, what="interaction")
+        if time_col is None and "timestamp" in df.columns:
+            time_col = "timestamp"
+        if rating_col is None and "rating" in df.columns:
+            rating_col = "rating"
+        wanted = {user_col: "user_col", item_col: "item_col"}
+        if time_col:
+            wanted[time_col] = "time_col"
+        if rating_col:
+            wanted[rating_col] = "rating_col"
+        require_columns(df, path, wanted)
+        users = id_column(df, user_col, path)
+        items = id_column(df, item_col, path)
+        ts = int_column(df, time_col, path) if time_col else None
+        ratings = float_column(df, rating_col, path) if rating_col else None
+        del df
     files = {"interactions": path}
     meta = {**source_meta(files), "family": "own"}
     table = None
@@ -76,11 +84,33 @@ def load_interactions(
     return build(name or path.stem, users, items, ts, ratings, table, meta, keep_unseen_items=True)
 
 
+def _fast(
+    path: Path, sep: str | None, user_col: str, item_col: str, time_col: str | None, rating_col: str | None
+) -> tuple[Factorized, Factorized, np.ndarray | None, np.ndarray | None] | None:
+    """The columns via pyarrow (ids factorized, no Python object per row), or None: read carefully."""
+    head = fast_header(path, sep)
+    if head is None:
+        return None
+    header, sep = head
+    time_col = time_col or ("timestamp" if "timestamp" in header else None)
+    rating_col = rating_col or ("rating" if "rating" in header else None)
+    cols = [user_col, item_col, *(c for c in (time_col, rating_col) if c)]
+    if len(set(cols)) != len(cols) or any(c not in header for c in cols):
+        return None  # the careful path names what is missing
+    got = fast_columns(path, sep, header, [user_col, item_col], [time_col] if time_col else [],
+                       [rating_col] if rating_col else [])  # fmt: skip
+    if got is None:
+        return None
+    ts = got[time_col] if time_col else None
+    ratings = got[rating_col] if rating_col else None
+    return got[user_col], got[item_col], ts, ratings  # type: ignore[return-value]
+
+
 def _item_table(
     path: Path,
     id_col: str | None,
     item_col: str,
-    items: np.ndarray,
+    items: np.ndarray | Factorized,
     inter_path: Path,
     text_cols: Sequence[str] | None,
 ) -> tuple[pd.DataFrame, int]:
@@ -94,7 +124,7 @@ def _item_table(
     if dup.any():
         label = df.index[np.argmax(dup)]
         raise fail(path, df, label, id_col, f"item id {ids[np.argmax(dup)]!r} is listed more than once")
-    known = set(items)
+    known = set(items.uniques.tolist() if isinstance(items, Factorized) else items)
     new = sum(1 for i in ids if i not in known)
     if new == len(ids):
         shown = ", ".join(map(repr, ids[:5]))
