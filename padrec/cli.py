@@ -12,7 +12,7 @@ import typer
 from padrec.cli_errors import OneLineUsage, check_catalogue, check_choice, check_run_dir, fit_or_exit, make_plain
 from padrec.cli_errors import fail as _fail
 from padrec.cli_errors import run_or_exit as _run
-from padrec.cli_options import DataRef, ItemCol, ItemIdCol, Items, Quiet, TextCols, TimeCol, UserCol
+from padrec.cli_options import DataRef, OwnData, Quiet, own_data_options
 
 app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, statistics, download.")
@@ -35,22 +35,18 @@ def data_list() -> None:
 
 
 @data_app.command("info")
+@own_data_options
 def data_info(
     name: Annotated[str, typer.Argument(help="Dataset name (see `padrec data list`) or a file path.")],
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     as_json: AsJson = False,
 ) -> None:
     """Statistics of the raw dataset and of its prepared (benchmark) form."""
     from padrec.data.registry import load_dataset, load_raw
     from padrec.data.stats import describe
 
-    ref = DataRef.of(name, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    ref = (own or OwnData()).ref(name, data_dir)
 
     def go() -> dict:
         kw = {"items": ref.items, "columns": ref.columns}
@@ -125,6 +121,7 @@ def _quiet(quiet: bool, as_json: bool) -> bool:
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@own_data_options
 def train(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Model name, e.g. sasrec, gru4rec, bert4rec, caser, pop.")],
@@ -133,12 +130,7 @@ def train(
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/MODEL-TIME).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
     evaluate: Annotated[bool, typer.Option(help="Evaluate the best checkpoint on test afterwards.")] = True,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -154,7 +146,7 @@ def train(
     quiet = _quiet(quiet, as_json)
     cls = _run(lambda: get_model_class(model))
     overrides = _run(lambda: parse_overrides(list(ctx.args)))
-    ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    ref = (own or OwnData()).ref(dataset, data_dir)
     split = _load_split(ref, quiet=quiet)
     if hasattr(cls, "config_cls"):
         params, tcfg = _run(lambda: resolve(model, cls.config_cls, split.dataset.name, overrides))
@@ -200,6 +192,7 @@ def _evaluate_and_print(
 
 
 @app.command()
+@own_data_options
 def evaluate(
     model: Annotated[str | None, typer.Option(help="Untrained model to fit and evaluate (pop, random).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name or path (with --model).")] = None,
@@ -217,12 +210,7 @@ def evaluate(
         typer.Option(help="pop only: count test/valid targets in popularity (a LEAK; reproduces S3Rec's row)."),
     ] = False,
     seed: int = 0,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -238,7 +226,7 @@ def evaluate(
     proto = _run(lambda: Protocol(kind=protocol, sampler=sampler, n_negatives=n_negatives, seed=seed))
     given = None
     if dataset:
-        given = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+        given = (own or OwnData()).ref(dataset, data_dir)
     if run is not None:
         rec = _run(lambda: Recommender.load(run))  # a missing or broken run fails before the data loads
         stored = _run(lambda: DataRef.read(run))
@@ -297,6 +285,7 @@ def recommend(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@own_data_options
 def pad(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
@@ -317,12 +306,7 @@ def pad(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --new-items draw.")] = 0,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -341,7 +325,7 @@ def pad(
 
     quiet = _quiet(quiet, as_json)
     overrides = _run(lambda: with_preset(preset, parse_overrides(list(ctx.args))))
-    ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    ref = (own or OwnData()).ref(dataset, data_dir)
     split = _load_split(ref, quiet=quiet)
     ns = None
     if new_items is not None:

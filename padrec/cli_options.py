@@ -4,8 +4,11 @@ data) and ``--quiet``."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -39,6 +42,51 @@ TextCols = Annotated[
     str | None,
     typer.Option(help="Comma-separated text columns of --items (default: all but the id).", rich_help_panel=_PANEL),
 ]
+#: the own-data options, in :meth:`DataRef.of`'s order after ``data_dir``
+OWN_OPTIONS: dict[str, Any] = {
+    "items": Items,
+    "user_col": UserCol,
+    "item_col": ItemCol,
+    "time_col": TimeCol,
+    "item_id_col": ItemIdCol,
+    "text_cols": TextCols,
+}
+
+
+@dataclass(frozen=True)
+class OwnData:
+    """The values of the own-data options of one command call."""
+
+    items: Path | None = None
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    item_id_col: str | None = None
+    text_cols: str | None = None
+
+    def ref(self, dataset: str, data_dir: Path | str | None) -> DataRef:
+        return DataRef.of(dataset, data_dir, *astuple(self))
+
+
+def own_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command ``--items`` and the column options in place of its ``own: OwnData`` parameter (written once
+    here instead of six options in every command that takes ``--dataset``)."""
+    sig = inspect.signature(fn, eval_str=True)  # typer reads __signature__ as is: real annotations, not strings
+    params = list(sig.parameters.values())
+    at = next(i for i, p in enumerate(params) if p.name == "own")
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    extra = [inspect.Parameter(n, kind, default=None, annotation=t) for n, t in OWN_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        own = OwnData(**{n: kwargs.pop(n, None) for n in OWN_OPTIONS})
+        return fn(*args, own=own, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=[*params[:at], *extra, *params[at + 1 :]])  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes: print only the result.")]
 
 

@@ -122,3 +122,20 @@ def test_data_info_counts_new_items(exported):
     info = json.loads(res.stdout)
     assert res.exit_code == 0 and info["items"] == 1682 and info["new_items"] == len(held) == 84
     assert info["prepared"]["new_items"] == 84
+
+
+def test_every_command_with_dataset_takes_the_own_data_options():
+    import typer.main
+
+    def walk(cmd, path=()):
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                yield from walk(sub, (*path, name))
+        else:
+            yield path, {p.name for p in cmd.params}
+
+    own = {"items", "user_col", "item_col", "time_col", "item_id_col", "text_cols"}
+    with_dataset = [(path, names) for path, names in walk(typer.main.get_command(app)) if "dataset" in names]
+    assert len(with_dataset) >= 9  # train, evaluate, pad, embed and the five palr commands
+    assert [p for p, names in with_dataset if not own <= names] == []

@@ -20,7 +20,7 @@ import typer
 
 from padrec.cli_errors import fail as _fail
 from padrec.cli_errors import run_or_exit as _run
-from padrec.cli_options import ItemCol, ItemIdCol, Items, Quiet, TextCols, TimeCol, UserCol
+from padrec.cli_options import OwnData, Quiet, own_data_options
 
 palr_app = typer.Typer(no_args_is_help=True, help="PALR: profile, retrieve and rank with an instruction-tuned LM.")
 
@@ -45,13 +45,13 @@ def _setup(
     dataset: str | None,
     data_dir: Path | None,
     run_dir: Path | None,
-    own: tuple[Any, ...] = (),
+    own: OwnData | None = None,
     quiet: bool = False,
     **flags: Any,
 ) -> tuple[Any, Path, Any]:
     """(split, run dir, config) from the options; writes ``dataset.json`` into the run dir.
 
-    ``own``: ``--items`` and the column options, in :meth:`DataRef.of`'s order after ``data_dir``."""
+    ``own``: the values of ``--items`` and the column options."""
     from padrec.cli_options import DataRef, announce_new_items
     from padrec.data.split import leave_one_out
     from padrec.palr.config import load_palr_config
@@ -68,7 +68,7 @@ def _setup(
     if dataset is None and ref is None:
         _fail("give --dataset (or a --run-dir that has a dataset.json)")
     stored = ref is not None
-    ref = ref or DataRef.of(dataset, data_dir, *own)
+    ref = ref or (own or OwnData()).ref(dataset, data_dir)
     ds = _run(ref.load)
     announce_new_items(ds, quiet)
     overrides = _run(lambda: parse_overrides(list(ctx.args)))
@@ -85,16 +85,12 @@ def _setup(
 
 
 @palr_app.command("build-data", context_settings=_CTX)
+@own_data_options
 def build_data_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
@@ -108,7 +104,7 @@ def build_data_cmd(
         dataset,
         data_dir,
         run_dir,
-        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        own=own,
         quiet=quiet or as_json,
         lm=lm,
     )
@@ -123,16 +119,12 @@ def build_data_cmd(
 
 
 @palr_app.command("profiles", context_settings=_CTX)
+@own_data_options
 def profiles_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
@@ -152,7 +144,7 @@ def profiles_cmd(
         dataset,
         data_dir,
         run_dir,
-        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        own=own,
         quiet=quiet or as_json,
         lm=lm,
         max_users=max_users,
@@ -199,16 +191,12 @@ def profiles_cmd(
 
 
 @palr_app.command("finetune", context_settings=_CTX)
+@own_data_options
 def finetune_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
@@ -223,7 +211,7 @@ def finetune_cmd(
         dataset,
         data_dir,
         run_dir,
-        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        own=own,
         quiet=quiet or as_json,
         lm=lm,
     )
@@ -238,16 +226,12 @@ def finetune_cmd(
 
 
 @palr_app.command("evaluate", context_settings=_CTX)
+@own_data_options
 def evaluate_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
@@ -267,7 +251,7 @@ def evaluate_cmd(
         dataset,
         data_dir,
         run_dir,
-        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        own=own,
         quiet=quiet or as_json,
         lm=lm,
         retriever=retriever,
@@ -283,16 +267,12 @@ def evaluate_cmd(
 
 
 @palr_app.command("run", context_settings=_CTX)
+@own_data_options
 def run_cmd(
     ctx: typer.Context,
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     run_dir: RunDir = None,
     lm: Lm = None,
@@ -312,7 +292,7 @@ def run_cmd(
         dataset,
         data_dir,
         run_dir,
-        own=(items, user_col, item_col, time_col, item_id_col, text_cols),
+        own=own,
         quiet=quiet or as_json,
         lm=lm,
         retriever=retriever,

@@ -13,7 +13,7 @@ import typer
 
 from padrec.cli_errors import fail
 from padrec.cli_errors import run_or_exit as _run
-from padrec.cli_options import ItemCol, ItemIdCol, Items, Quiet, TextCols, TimeCol, UserCol
+from padrec.cli_options import OwnData, Quiet, own_data_options
 
 DataDir = Annotated[
     Path | None,
@@ -28,6 +28,7 @@ Pooling = Annotated[str, typer.Option(help="transformers models: mean (over real
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
+@own_data_options
 def embed(
     dataset: Annotated[str, typer.Option(help="Dataset name or path.")],
     encoder: Encoder = "minilm",
@@ -42,17 +43,11 @@ def embed(
     shard_index: Annotated[int | None, typer.Option(help="Encode only this shard (0-based) and exit.")] = None,
     merge: Annotated[bool, typer.Option(help="Merge the --shards N shard files into the table.")] = False,
     data_dir: DataDir = None,
-    items: Items = None,
-    user_col: UserCol = None,
-    item_col: ItemCol = None,
-    time_col: TimeCol = None,
-    item_id_col: ItemIdCol = None,
-    text_cols: TextCols = None,
+    own: OwnData | None = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
     """Embed every item's text once (cached; a changed encoder, template or text recomputes)."""
-    from padrec.cli_options import DataRef
     from padrec.progress import set_quiet
     from padrec.text import embed_items, embed_shard, merge_shards
 
@@ -60,7 +55,7 @@ def embed(
     if shards != "auto" and not (shards.isdigit() and int(shards) >= 1):
         fail(f"--shards: expected a positive integer or 'auto', got {shards!r}")
     n: Any = shards if shards == "auto" else int(shards)
-    ref = DataRef.of(dataset, data_dir, items, user_col, item_col, time_col, item_id_col, text_cols)
+    ref = (own or OwnData()).ref(dataset, data_dir)
     ds = _run(ref.load)
     opts = dict(pooling=pooling, dtype=dtype, max_length=max_length)
     if merge:
@@ -118,6 +113,7 @@ def embed(
     )
 
 
+@own_data_options
 def concordance(
     run: Annotated[Path, typer.Option(help="A run directory (padrec train) with an item table.")],
     encoder: Encoder = "minilm",
@@ -131,18 +127,23 @@ def concordance(
     seed: int = 0,
     out: Annotated[Path | None, typer.Option(help="Write the figure (PNG) here.")] = None,
     data_dir: DataDir = None,
+    own: OwnData | None = None,
     as_json: AsJson = False,
 ) -> None:
     """How far item neighbourhoods agree between a run's id space and the text space."""
+    from padrec.cli_options import DataRef
     from padrec.text.analysis import run_concordance, scalars
 
     if k < 1:  # checked before the (slow) embedding
         fail(f"-k: expected a positive number of neighbours, got {k}")
+    # the run's own data reference (with its --items) unless --dataset says otherwise
+    ref = (own or OwnData()).ref(dataset, data_dir) if dataset else _run(lambda: DataRef.read(run))
+    data = _run(ref.load) if ref is not None else None
     res = _run(
         lambda: run_concordance(
             run,
             encoder,
-            dataset=dataset,
+            dataset=data,
             data_dir=data_dir,
             template=template,
             pooling=pooling,
