@@ -121,34 +121,13 @@ def from_sequences(
     """
     flat = [str(i) for seq in sequences for i in seq]
     codes, uniques = pd.factorize(pd.Series(flat, dtype=object), sort=False)
-    if keep_unseen_items and item_table is not None:
-        known = set(map(str, uniques))
-        extra = [str(i) for i in item_table.index if str(i) not in known]
-        uniques = pd.Index([*map(str, uniques), *extra], dtype=object)
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    item_ids = np.asarray([PAD_TOKEN, *map(str, uniques)], dtype=object)
     ts = None
     if timestamps is not None:
         ts = np.fromiter((t for seq in timestamps for t in seq), dtype=np.int64, count=len(flat))
-    table = pd.DataFrame({"item_id": item_ids})
-    if item_table is not None:
-        extra = item_table.copy()
-        extra.index = extra.index.astype(str)
-        extra = extra.reindex(item_ids[1:])
-        extra.index = range(1, len(item_ids))
-        table = table.join(extra.drop(columns=["item_id"], errors="ignore"))
-    return SeqDataset(
-        name=name,
-        user_ids=np.asarray([str(u) for u in user_ids], dtype=object),
-        item_ids=item_ids,
-        offsets=offsets,
-        items=(codes.astype(np.int64) + 1),
-        timestamps=ts,
-        item_table=table,
-        meta=dict(meta or {}),
-    )
+    return from_codes(name, user_ids, offsets, codes, uniques, ts, item_table, meta, keep_unseen_items)
 
 
 def from_codes(
