@@ -12,17 +12,12 @@ import typer
 from padrec.cli_errors import OneLineUsage, check_catalogue, check_choice, check_run_dir, fit_or_exit, make_plain
 from padrec.cli_errors import fail as _fail
 from padrec.cli_errors import run_or_exit as _run
-from padrec.cli_options import DataRef, OwnData, Quiet, own_data_options
+from padrec.cli_options import AsJson, DataDir, DataRef, OwnData, Quiet, apply_quiet, own_data_options
 
 app = typer.Typer(cls=OneLineUsage, no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, statistics, download.")
 app.add_typer(data_app, name="data")
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding the datasets (default: $PADREC_DATA or a user cache)."),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 @data_app.command("list")
@@ -112,14 +107,6 @@ def _load_split(ref: DataRef, split: str = "loo", quiet: bool = False) -> Any:
     return leave_one_out(ds) if split == "loo" else _run(lambda: time_split(ds))
 
 
-def _quiet(quiet: bool, as_json: bool) -> bool:
-    """``--quiet`` and ``--json`` print the result only: no progress, no notes."""
-    from padrec.progress import set_quiet
-
-    set_quiet(quiet or as_json)
-    return quiet or as_json
-
-
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 @own_data_options
 def train(
@@ -143,7 +130,7 @@ def train(
     if resume and run_dir is None:
         _fail("--resume needs --run-dir")
     check_run_dir(run_dir, resume)
-    quiet = _quiet(quiet, as_json)
+    quiet = apply_quiet(quiet, as_json)
     cls = _run(lambda: get_model_class(model))
     overrides = _run(lambda: parse_overrides(list(ctx.args)))
     ref = (own or OwnData()).ref(dataset, data_dir)
@@ -218,7 +205,7 @@ def evaluate(
     from padrec.eval.protocol import Protocol
     from padrec.models import Recommender, get_model_class
 
-    quiet = _quiet(quiet, as_json)
+    quiet = apply_quiet(quiet, as_json)
     check_choice("--protocol", protocol, ("full", "sampled"))
     check_choice("--sampler", sampler, ("uniform", "popularity"))
     check_choice("--stage", stage, ("test", "valid"))
@@ -323,7 +310,7 @@ def pad(
     from padrec.pad.pipeline import check_overrides, comparison_table, run_pad, with_preset
     from padrec.train.config import parse_overrides
 
-    quiet = _quiet(quiet, as_json)
+    quiet = apply_quiet(quiet, as_json)
     overrides = _run(lambda: with_preset(preset, parse_overrides(list(ctx.args))))
     ref = (own or OwnData()).ref(dataset, data_dir)
     split = _load_split(ref, quiet=quiet)

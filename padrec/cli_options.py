@@ -20,6 +20,7 @@ DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Folder holding the datasets (default: $PADREC_DATA or a user cache)."),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Items = Annotated[
     Path | None,
     typer.Option(
@@ -88,6 +89,14 @@ def own_data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes: print only the result.")]
+
+
+def apply_quiet(quiet: bool, as_json: bool) -> bool:
+    """``--quiet`` and ``--json`` print the result only: no progress, no notes. Returns whether to be quiet."""
+    from padrec.progress import set_quiet
+
+    set_quiet(quiet or as_json)
+    return quiet or as_json
 
 
 @dataclass

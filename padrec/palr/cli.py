@@ -20,19 +20,17 @@ import typer
 
 from padrec.cli_errors import fail as _fail
 from padrec.cli_errors import run_or_exit as _run
-from padrec.cli_options import OwnData, Quiet, own_data_options
+from padrec.cli_options import AsJson, DataDir, OwnData, Quiet, apply_quiet, own_data_options
 
 palr_app = typer.Typer(no_args_is_help=True, help="PALR: profile, retrieve and rank with an instruction-tuned LM.")
 
 _CTX = {"allow_extra_args": True, "ignore_unknown_options": False}
 Dataset = Annotated[str | None, typer.Option(help="Dataset name or path (default: the run dir's dataset.json).")]
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the datasets.")]
 RunDir = Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/palr).")]
 Lm = Annotated[str | None, typer.Option(help="smollm2 (default), gemma3-270m, hf:<id> or a local model dir.")]
 Retriever = Annotated[str | None, typer.Option(help="A trained run dir (default: sasrec) or an untrained model name.")]
-Mode = Annotated[str | None, typer.Option(help="likelihood (default) or generation.")]
+Mode = Annotated[str | None, typer.Option(help="likelihood (default), generation or verbalizer.")]
 MaxUsers = Annotated[int | None, typer.Option(help="Evaluate a seeded sample of this many users (0 = all).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -56,10 +54,9 @@ def _setup(
     from padrec.data.split import leave_one_out
     from padrec.palr.config import load_palr_config
     from padrec.palr.retrieval import check_retriever
-    from padrec.progress import set_quiet
     from padrec.train.config import parse_overrides
 
-    set_quiet(quiet)
+    apply_quiet(quiet, False)
     ref = None
     if dataset is None and run_dir is not None:
         ref = _run(lambda: DataRef.read(run_dir))

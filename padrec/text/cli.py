@@ -13,19 +13,14 @@ import typer
 
 from padrec.cli_errors import fail
 from padrec.cli_errors import run_or_exit as _run
-from padrec.cli_options import OwnData, Quiet, own_data_options
+from padrec.cli_options import AsJson, DataDir, OwnData, Quiet, apply_quiet, own_data_options
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Folder holding the datasets (default: $PADREC_DATA or a user cache)."),
-]
 Encoder = Annotated[str, typer.Option(help="minilm, or the folder of a sentence-transformers / transformers model.")]
 Template = Annotated[
     str | None,
     typer.Option(help="Format string over item-table columns, e.g. '{title}; {genres}' (default per dataset)."),
 ]
 Pooling = Annotated[str, typer.Option(help="transformers models: mean (over real tokens) or last (final token).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 @own_data_options
@@ -48,10 +43,9 @@ def embed(
     as_json: AsJson = False,
 ) -> None:
     """Embed every item's text once (cached; a changed encoder, template or text recomputes)."""
-    from padrec.progress import set_quiet
     from padrec.text import embed_items, embed_shard, merge_shards
 
-    set_quiet(quiet or as_json)
+    apply_quiet(quiet, as_json)
     if shards != "auto" and not (shards.isdigit() and int(shards) >= 1):
         fail(f"--shards: expected a positive integer or 'auto', got {shards!r}")
     n: Any = shards if shards == "auto" else int(shards)

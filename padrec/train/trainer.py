@@ -339,9 +339,8 @@ def quiet_lightning() -> None:
     """Silence Lightning's notices that say nothing about the user's run (shared by every padrec trainer)."""
     from padrec.progress import quiet_libraries
 
-    quiet_libraries()
+    quiet_libraries()  # also: in-memory tensors need no DataLoader workers, so that notice is off
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")  # in-memory tensors need no workers
     warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")  # Lightning vs torch 2.13
 
 
