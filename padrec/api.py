@@ -319,21 +319,13 @@ class PAD(Model):
             (pre / "train.json").write_text(json.dumps({"from": "facade backbone"}))
 
     def compare(self, ds: Dataset | str | Path | None = None) -> str:
-        """One table: the backbone, the aligned tower and PAD, overall, cold/warm and per popularity bin."""
-        from padrec.eval.evaluator import Evaluator
-        from padrec.eval.protocol import Protocol
-        from padrec.pad.pipeline import comparison_table
+        """One table, as `padrec pad` prints it: the backbone, the aligned tower (and text-only tower) and PAD,
+        overall, cold/warm, per popularity bin and per training count."""
+        from padrec.pad.pipeline import comparison_table, evaluate_stages
 
         if self.stages is None:
             raise RuntimeError("compare() needs the stages of fit(); after load_model use evaluate()")
-        ev = Evaluator(self._data(ds).split, Protocol())
-        results = {}
-        for label, m in ((self.backbone_name, self.stages.backbone), ("aligned", self.stages.aligned), (
-            f"pad-{self.backbone_name}", self.stages.pad)):
-            if m is not None:
-                results[label] = ev.run(m, "test")
-                results[label].model = label
-        return comparison_table(results)
+        return comparison_table(evaluate_stages(self.stages, self._data(ds).split))
 
 
 def load_model(path: str | Path) -> Model:

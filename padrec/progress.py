@@ -74,10 +74,11 @@ def stage_callback(label: str) -> Any:
     """A Lightning callback drawing one bar for the whole fit (imported lazily: Lightning is heavy)."""
     from lightning.pytorch.callbacks import Callback
 
+    from padrec.train.trainer import VAL_METRIC
+
     class StageProgress(Callback):
         def __init__(self) -> None:
             self.bar: Any = None
-            self.best: float | None = None
 
         def on_train_start(self, trainer: Any, module: Any) -> None:
             if not trainer.is_global_zero:
@@ -101,10 +102,12 @@ def stage_callback(label: str) -> Any:
             parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
             if "train_loss_epoch" in m:
                 parts.append(f"loss {float(m['train_loss_epoch']):.4f}")
-            if "val_ndcg10" in m:
-                val = float(m["val_ndcg10"])
-                self.best = val if self.best is None else max(self.best, val)
-                parts.append(f"val NDCG@10 {val:.4f} (best {self.best:.4f})")
+            if VAL_METRIC in m:
+                val = float(m[VAL_METRIC])
+                # the best so far is the checkpoint callback's (restored on --resume; it sees this epoch after us)
+                saved = getattr(trainer.checkpoint_callback, "best_model_score", None)
+                best = val if saved is None else max(val, float(saved))
+                parts.append(f"val NDCG@10 {val:.4f} (best {best:.4f})")
             self.bar.set_postfix_str(", ".join(parts))
 
         def on_train_end(self, trainer: Any, module: Any) -> None:

@@ -222,17 +222,7 @@ def run_pad(
             plot_concordance(conc["curve"], run_dir / "concordance.png", title=title)
 
     if evaluate:
-        ev = Evaluator(split, Protocol())
-        for label, model in (
-            (backbone, out.backbone),
-            ("aligned", out.aligned),
-            ("text-only", out.text_expert),
-            (f"pad-{backbone}", out.pad),
-        ):
-            if model is not None:
-                res = ev.run(model, stage="test")
-                res.model = label
-                out.results[label] = res
+        out.results = evaluate_stages(out, split)
         atomic_write_text(
             run_dir / "results.json", json.dumps({k: r.to_dict() for k, r in out.results.items()}, indent=2)
         )
@@ -241,6 +231,23 @@ def run_pad(
         else:
             log.info("matplotlib not installed (pip install 'padrec[plot]'): no bins.png")
     return out
+
+
+def evaluate_stages(out: PADRun, split: Split) -> dict[str, Results]:
+    """Test results of every model of a run, labelled as in the table: backbone, aligned, text-only, pad-BACKBONE."""
+    ev = Evaluator(split, Protocol())
+    backbone = out.backbone.name
+    results = {}
+    for label, model in (
+        (backbone, out.backbone),
+        ("aligned", out.aligned),
+        ("text-only", out.text_expert),
+        (f"pad-{backbone}", out.pad),
+    ):
+        if model is not None:
+            results[label] = ev.run(model, stage="test")
+            results[label].model = label
+    return results
 
 
 def _report_groups(res: Results) -> list[str]:
