@@ -118,30 +118,40 @@ def prepare(ds: SeqDataset, opts: PrepOptions | None = None) -> SeqDataset:
             "loosen the filters",
         )
 
-    new_items_old = items[keep]
-    codes, uniq = pd.factorize(new_items_old, sort=False)
     never_used = np.flatnonzero(np.bincount(items, minlength=n_items + 1)[1:] == 0) + 1
-    uniq = np.concatenate([uniq, never_used]).astype(np.int64)
-    lengths = np.bincount(uid[keep], minlength=n_users)[users_kept]
+    out = keep_interactions(ds, keep, extra_items=never_used)
+    out.meta.update(
+        options=opts.model_dump(),
+        new_items=len(never_used),
+        raw={"users": n_users, "items": n_items, "interactions": ds.n_interactions},
+        dropped={
+            "users": n_users - out.n_users,
+            "items": n_items - out.n_items,
+            "interactions": ds.n_interactions - int(keep.sum()),
+        },
+    )
+    return out
+
+
+def keep_interactions(ds: SeqDataset, keep: np.ndarray, extra_items: np.ndarray | None = None) -> SeqDataset:
+    """``ds`` with only the interactions where ``keep`` is True (order unchanged): users left with none are removed,
+    items renumbered 1..n by first appearance, then ``extra_items`` (internal ids of ``ds``) appended; the item table
+    follows. ``meta`` is copied without ``options``/``dropped``/``raw``, which describe a preparation."""
+    uid = np.repeat(np.arange(ds.n_users), ds.lengths)[keep]
+    codes, uniq = pd.factorize(ds.items[keep], sort=False)
+    if extra_items is not None and len(extra_items):
+        uniq = np.concatenate([uniq, extra_items])
+    uniq = np.asarray(uniq, dtype=np.int64)
+    per_user = np.bincount(uid, minlength=ds.n_users)
+    users_kept = np.flatnonzero(per_user > 0)
     offsets = np.zeros(len(users_kept) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    np.cumsum(per_user[users_kept], out=offsets[1:])
     item_ids = np.asarray([PAD_TOKEN, *map(str, ds.item_ids[uniq].tolist())], dtype=object)  # one gather, not a loop
     rows = np.concatenate([[0], uniq]).astype(np.int64)
     if ds.item_table is not None:
         table = ds.item_table.iloc[rows].reset_index(drop=True)
     else:
         table = pd.DataFrame({"item_id": item_ids})
-    meta = {k: v for k, v in ds.meta.items() if k not in ("options", "dropped", "raw")}
-    meta.update(
-        options=opts.model_dump(),
-        new_items=len(never_used),
-        raw={"users": n_users, "items": n_items, "interactions": ds.n_interactions},
-        dropped={
-            "users": n_users - len(users_kept),
-            "items": n_items - len(uniq),
-            "interactions": ds.n_interactions - int(keep.sum()),
-        },
-    )
     return SeqDataset(
         name=ds.name,
         user_ids=np.asarray([*map(str, ds.user_ids[users_kept].tolist())], dtype=object),
@@ -150,5 +160,5 @@ def prepare(ds: SeqDataset, opts: PrepOptions | None = None) -> SeqDataset:
         items=codes.astype(np.int64) + 1,
         timestamps=None if ds.timestamps is None else ds.timestamps[keep],
         item_table=table,
-        meta=meta,
+        meta={k: v for k, v in ds.meta.items() if k not in ("options", "dropped", "raw")},
     )

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from padrec.data.dataset import SeqDataset
+from padrec.data.prepare import keep_interactions
 from padrec.data.split import Split, leave_one_out
 from padrec.eval.metrics import metrics_from_ranks, target_ranks
 from padrec.eval.results import Results
@@ -46,25 +46,10 @@ class NewItemSplit:
 def drop_items(ds: SeqDataset, items: np.ndarray) -> SeqDataset:
     """``ds`` without any interaction of the internal ``items``; items renumbered 1..n in first-appearance order,
     users left with no interaction removed."""
-    keep = ~np.isin(ds.items, items)
-    uid = np.repeat(np.arange(ds.n_users), ds.lengths)[keep]
-    codes, uniq = pd.factorize(ds.items[keep], sort=False)
-    per_user = np.bincount(uid, minlength=ds.n_users)
-    users = np.flatnonzero(per_user > 0)
-    offsets = np.zeros(len(users) + 1, dtype=np.int64)
-    np.cumsum(per_user[users], out=offsets[1:])
-    rows = np.concatenate([[0], uniq]).astype(np.int64)
-    table = ds.item_table.iloc[rows].reset_index(drop=True) if ds.item_table is not None else None
-    return SeqDataset(
-        name=ds.name,
-        user_ids=np.asarray(ds.user_ids, dtype=object)[users],
-        item_ids=np.asarray(ds.item_ids, dtype=object)[rows],
-        offsets=offsets,
-        items=codes.astype(np.int64) + 1,
-        timestamps=None if ds.timestamps is None else ds.timestamps[keep],
-        item_table=table,
-        meta={**ds.meta, "new_item_holdout": {"items": len(items)}},
-    )
+    out = keep_interactions(ds, ~np.isin(ds.items, items))
+    out.meta.update({**{k: v for k, v in ds.meta.items() if k in ("options", "raw", "dropped")},
+                     "new_item_holdout": {"items": len(items)}})  # fmt: skip
+    return out
 
 
 def new_item_split(ds: SeqDataset, share: float = 0.05, seed: int = 0) -> NewItemSplit:
