@@ -42,6 +42,10 @@ class Results:
             rows.append([name, str(int(m.get("users", 0))), *(_fmt(m.get(c)) for c in cols)])
         return ["group", "users", *cols], rows
 
+    def group(self, name: str) -> dict[str, float]:
+        """The metrics of one report row: ``"overall"`` or a group name (empty when the group has no users)."""
+        return self.overall if name == "overall" else self.groups.get(name, {})
+
     def __str__(self) -> str:  # print(results) shows the table
         return self.table()
 

@@ -97,16 +97,13 @@ def results_markdown(
     head = ["group", "users", *(m if single else f"{n} {m}" for n in names for m in metrics)]
     head += [f"{n} vs {base} NDCG@10" for n in others]
 
-    def get(r: Results, g: str) -> dict[str, float]:
-        return r.overall if g == "overall" else r.groups.get(g, {})
-
     rows = []
     for g in ["overall", *first.groups]:
         users = first.n_users if g == "overall" else int(first.groups[g].get("users", 0))
         cells = [g, _fmt(users)]
-        cells += [_fmt(get(results[n], g).get(m)) for n in names for m in metrics]
+        cells += [_fmt(results[n].group(g).get(m)) for n in names for m in metrics]
         for n in others:
-            a, b = get(results[base], g).get("NDCG@10"), get(results[n], g).get("NDCG@10")
+            a, b = results[base].group(g).get("NDCG@10"), results[n].group(g).get("NDCG@10")
             ok = a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and a > 0
             cells.append(f"{100 * (b / a - 1):+.1f}%" if ok else "–")
         rows.append(cells)

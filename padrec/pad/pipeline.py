@@ -255,10 +255,6 @@ def _report_groups(res: Results) -> list[str]:
     return ["overall", "cold", "warm", *[g for g in res.groups if g.startswith("bin") or g == "unseen"]]
 
 
-def _group(res: Results, group: str) -> dict[str, float]:
-    return res.overall if group == "overall" else res.groups.get(group, {})
-
-
 def plot_bins(
     results: dict[str, Results],
     path: str | Path,
@@ -273,7 +269,7 @@ def plot_bins(
 
     first = next(iter(results.values()))
     groups = _report_groups(first)
-    series = {name: {g: _group(r, g).get(metric, float("nan")) for g in groups} for name, r in results.items()}
+    series = {name: {g: r.group(g).get(metric, float("nan")) for g in groups} for name, r in results.items()}
     title = f"{first.dataset}: {metric} per item-popularity bin (bin1 = most popular), {first.protocol}"
     return plot_groups(
         series, path, groups=groups, ylabel=metric, title=title, baseline=baseline, keep=keep, max_series=max_series
@@ -368,7 +364,7 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
     ]
     for g in rows:
         cells = [g]
-        src = {n: _group(r, g) for n, r in results.items()}
+        src = {n: r.group(g) for n, r in results.items()}
         users = first.n_users if g == "overall" else int(first.groups.get(g, {}).get("users", 0))
         cells.append(str(users))
         for n in names:
@@ -379,7 +375,7 @@ def comparison_table(results: dict[str, Results], metrics: tuple[str, ...] = ("H
     if len(names) >= 2:
         base, last = results[names[0]], results[names[-1]]
         for g in ("overall", "cold"):
-            a, b = _group(base, g), _group(last, g)
+            a, b = base.group(g), last.group(g)
             if a.get("NDCG@10"):
                 lines.append(
                     f"{names[-1]} vs {names[0]} NDCG@10 on {g}: {100 * (b['NDCG@10'] / a['NDCG@10'] - 1):+.1f}%"
