@@ -147,26 +147,33 @@ class Recommender(ABC):
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         internal = [self.to_internal(h) for h in histories]
-        scores = self.score(internal).float().clone()
+        return self.top_items(self.score(internal), internal, [k] * len(internal), [exclude_seen] * len(internal))
+
+    def top_items(
+        self,
+        scores: torch.Tensor,
+        internal: Sequence[np.ndarray],
+        ks: Sequence[int],
+        exclude_seen: Sequence[bool],
+    ) -> list[list[dict[str, Any]]]:
+        """Rank score rows (padding never, a row's history only when not excluded) into ``{"item_id", "score",
+        "title"}`` dicts, best first, ``ks[row]`` per row: the one ranking step of ``recommend`` and batched serving."""
+        scores = scores.float().clone()
         scores[:, 0] = -torch.inf
-        if exclude_seen:
-            for row, h in enumerate(internal):
+        for row, (h, excl) in enumerate(zip(internal, exclude_seen, strict=True)):
+            if excl:
                 scores[row, torch.as_tensor(h, dtype=torch.long)] = -torch.inf
-        k = min(k, self.n_items)
-        top = torch.topk(scores, k, dim=1)
-        out = []
-        for vals, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            out.append(
-                [
-                    {
-                        "item_id": str(self.item_ids[i]),
-                        "score": v,
-                        "title": (self.titles or [""] * (i + 1))[i],
-                    }
+        titles = self.titles or []
+        out: list[list[dict[str, Any]]] = [[] for _ in internal]
+        for k in sorted(set(ks)):  # one top-k per distinct k (usually one)
+            rows = [r for r, kr in enumerate(ks) if kr == k]
+            top = torch.topk(scores[rows], min(k, self.n_items), dim=1)
+            for r, vals, idx in zip(rows, top.values.tolist(), top.indices.tolist(), strict=True):
+                out[r] = [
+                    {"item_id": str(self.item_ids[i]), "score": v, "title": titles[i] if i < len(titles) else ""}
                     for v, i in zip(vals, idx, strict=True)
                     if v > -np.inf
                 ]
-            )
         return out
 
     def save(self, path: str | Path) -> Path:

@@ -7,8 +7,8 @@ and scores them all in one pass over the snapshot current at that moment. The wi
 under concurrent load (``adaptive``: the previous batch had company), so a lone client never pays it; the
 first request of a burst is scored at once while the rest of the burst queues up behind it.
 
-Ranking is then done per request with that request's own ``k`` and ``exclude_seen``, as
-``Recommender.recommend`` ranks one request (same masking, one ``torch.topk`` per history), so a batched
+Ranking is then done per request with that request's own ``k`` and ``exclude_seen`` by
+``Recommender.top_items``, the ranking step of ``Recommender.recommend`` itself, so a batched
 answer is the one the request would get alone: the same items in the same order, scores equal to float32
 rounding (BLAS multiplies one row by the item table with another kernel than many rows, so the last bits
 may differ, as they already did between ``/recommend`` and ``/recommend/batch``).
@@ -121,23 +121,8 @@ def rank(
     """
     internal = [model.to_internal(h) for h in histories]
     with torch.no_grad():
-        scores = (score or model.score)(internal).float().clone()
-    scores[:, 0] = -torch.inf
-    for row, (h, excl) in enumerate(zip(internal, exclude_seen, strict=True)):
-        if excl:
-            scores[row, torch.as_tensor(h, dtype=torch.long)] = -torch.inf
-    titles = model.titles or []
-    out = []
-    for row, k in enumerate(ks):
-        top = torch.topk(scores[row : row + 1], min(k, model.n_items), dim=1)  # the shape recommend() ranks
-        out.append(
-            [
-                {"item_id": str(model.item_ids[i]), "score": v, "title": titles[i] if i < len(titles) else ""}
-                for v, i in zip(top.values[0].tolist(), top.indices[0].tolist(), strict=True)
-                if v > -np.inf
-            ]
-        )
-    return out
+        scores = (score or model.score)(internal)
+    return model.top_items(scores, internal, ks, exclude_seen)
 
 
 class Batcher:
