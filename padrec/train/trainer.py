@@ -155,10 +155,13 @@ class RecLightning(L.LightningModule):
         world = self.trainer.world_size
         if world < 2:
             return validation_ndcg(self.rec, self.split, self.cfg.eval_batch_size, self.cfg.val_users, self.cfg.seed)
+        from padrec.eval.metrics import metrics_from_ranks
+
         rank = self.trainer.global_rank
         ranks = validation_ranks(self.rec, self.split, self.cfg.eval_batch_size, self.cfg.val_users, self.cfg.seed,
                                  shard=(rank, world))  # fmt: skip
-        local = torch.tensor([float(_ndcg10(ranks).sum()), float(len(ranks))], dtype=torch.float64, device=self.device)
+        total_ndcg = metrics_from_ranks(ranks, (10,))["NDCG@10"] * len(ranks) if len(ranks) else 0.0  # mean x users
+        local = torch.tensor([total_ndcg, float(len(ranks))], dtype=torch.float64, device=self.device)
         total = self.trainer.strategy.reduce(local, reduce_op="sum")
         if total[1] == 0:
             raise ValueError(f"no users with a valid target in split {self.split.kind!r}: nothing to validate on")
@@ -235,11 +238,6 @@ def validation_ranks(
     if world > 1:
         subset = (np.arange(len(split.users("valid"))) if subset is None else subset)[rank::world]
     return Evaluator(split, Protocol(batch_size=batch_size)).ranks(rec, "valid", subset=subset)
-
-
-def _ndcg10(ranks: np.ndarray) -> np.ndarray:
-    """Per-user NDCG@10 of 0-based target ranks (one relevant item: 1/log2(rank + 2) inside the top 10)."""
-    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def validation_ndcg(
