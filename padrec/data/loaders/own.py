@@ -73,14 +73,11 @@ def load_interactions(
         ts = int_column(df, time_col, path) if time_col else None
         ratings = float_column(df, rating_col, path) if rating_col else None
         del df
-    files = {"interactions": path}
+    files = {"interactions": path, **({"items": Path(items_path)} if items_path is not None else {})}
     meta = {**source_meta(files), "family": "own"}
     table = None
     if items_path is not None:
-        files["items"] = Path(items_path)
-        meta = {**source_meta(files), "family": "own"}
-        table, new = _item_table(Path(items_path), item_id_col, item_col, items, path, text_cols)
-        meta["new_items"] = new
+        table, meta["new_items"] = _item_table(Path(items_path), item_id_col, item_col, items, path, text_cols)
     return build(name or path.stem, users, items, ts, ratings, table, meta, keep_unseen_items=True)
 
 
