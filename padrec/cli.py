@@ -45,8 +45,8 @@ def data_info(
 
     def go() -> dict:
         kw = {"items": ref.items, "columns": ref.columns}
-        own = Path(name).exists()
-        raw = load_dataset(name, data_dir, use_cache=False, **kw) if own else load_raw(name, data_dir, **kw)
+        is_path = Path(name).exists()
+        raw = load_dataset(name, data_dir, use_cache=False, **kw) if is_path else load_raw(name, data_dir, **kw)
         prepared = load_dataset(name, data_dir, **kw)
         return {**describe(raw), "prepared": describe(prepared), "options": prepared.meta.get("options")}
 
