@@ -44,6 +44,27 @@ def test_bidirectional_encoder_does_see_the_future():
     assert not torch.allclose(enc(x, pad)[:, 0], enc(x2, pad)[:, 0])
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("layers", "heads"), [(1, 1), (2, 2), (3, 1)])
+def test_last_position_shortcut_equals_the_full_encoder(causal, layers, heads):
+    """``last`` skips the last layer's other positions; the next-item query must not change."""
+    torch.manual_seed(0)
+    enc = TransformerEncoder(16, layers, heads, max_len=12, causal=causal).eval()
+    pad = torch.zeros(4, 10, dtype=torch.bool)
+    pad[0, :7] = True  # short history
+    pad[1, :] = True  # no history at all: must stay defined, as in forward
+    x = torch.randn(4, 10, 16) * (~pad).unsqueeze(-1)
+    with torch.no_grad():
+        full, last = enc(x, pad)[:, -1], enc.last(x, pad)
+    assert last.shape == (4, 16)
+    assert torch.isfinite(last).all()
+    torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-5)
+    x2 = x.clone()
+    x2[2, :5] = torch.randn(5, 16) * 3  # earlier items change the query (the shortcut still reads every position)
+    with torch.no_grad():
+        assert not torch.allclose(enc.last(x2, pad)[2], last[2])
+
+
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "bert4rec", "caser"])
 def test_fit_save_load_gives_identical_scores(name, tmp_path):
     split = _toy_split()

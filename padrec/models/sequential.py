@@ -124,7 +124,7 @@ class SeqNet(nn.Module):
         return self.encoder(self.items(seqs), seqs == 0)
 
     def user_vectors(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.encode(seqs)[:, -1]
+        return self.encoder.last(self.items(seqs), seqs == 0)
 
 
 class SequentialRecommender(Recommender):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,6 +45,13 @@ def _text_rows(text: torch.Tensor, rows: int) -> torch.Tensor:
     out[:n] = text[:n].float()
     out[0] = 0
     return out
+
+
+def _encode(expert: Any, seqs: torch.Tensor, table: torch.Tensor | None, last: bool) -> torch.Tensor:
+    """The expert's encoder over ``table``'s rows: ``[B, L, d]``, or only the last position ``[B, d]``."""
+    table = expert.all_vectors() if table is None else table
+    x = F.embedding(seqs, table)
+    return expert.encoder.last(x, seqs == 0) if last else expert.encoder(x, seqs == 0)
 
 
 class _Expert(nn.Module):
@@ -83,12 +91,11 @@ class AlignedNet(_Expert):
     def item_vectors(self) -> torch.Tensor:
         return self.all_vectors()[: self.n_items + 1]
 
-    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        table = self.all_vectors() if table is None else table
-        return self.encoder(F.embedding(seqs, table), seqs == 0)
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
+        return _encode(self, seqs, table, last)
 
     def user_vectors(self, seqs: torch.Tensor) -> torch.Tensor:
-        return self.encode(seqs)[:, -1]
+        return self.encode(seqs, last=True)
 
 
 class TextNet(_Expert):
@@ -116,9 +123,8 @@ class TextNet(_Expert):
     def item_vectors(self) -> torch.Tensor:
         return self.all_vectors()[: self.n_items + 1]
 
-    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        table = self.all_vectors() if table is None else table
-        return self.encoder(F.embedding(seqs, table), seqs == 0)
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
+        return _encode(self, seqs, table, last)
 
 
 class CollabNet(_Expert):
@@ -132,9 +138,8 @@ class CollabNet(_Expert):
     def all_vectors(self) -> torch.Tensor:
         return self.items.all()
 
-    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        table = self.all_vectors() if table is None else table
-        return self.encoder(F.embedding(seqs, table), seqs == 0)
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
+        return _encode(self, seqs, table, last)
 
 
 def last_items(seqs: torch.Tensor, mask_id: int | None = None) -> torch.Tensor:
@@ -169,10 +174,10 @@ class SimilarityNet(_Expert):
     def all_vectors(self) -> torch.Tensor:
         return F.normalize(self.text, dim=-1)  # the text table's zero rows (padding, mask token) stay zero
 
-    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, seqs: torch.Tensor, table: torch.Tensor | None = None, last: bool = False) -> torch.Tensor:
         table = self.all_vectors() if table is None else table
-        last = last_items(seqs, self.mask_id if self.bidirectional else None)
-        return self.log_scale.exp() * F.embedding(last, table)
+        items = last_items(seqs, self.mask_id if self.bidirectional else None)
+        return self.log_scale.exp() * F.embedding(items[:, -1] if last else items, table)
 
 
 def gate_init(n_bins: int) -> dict[str, torch.Tensor]:
@@ -267,9 +272,12 @@ class PADNet(nn.Module):
     def tables(self) -> list[torch.Tensor]:
         return [self.experts[k].all_vectors() for k in self.names]
 
-    def hidden(self, seqs: torch.Tensor, tables: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def hidden(
+        self, seqs: torch.Tensor, tables: Sequence[torch.Tensor] | None = None, last: bool = False
+    ) -> list[torch.Tensor]:
+        """Each expert's encoder outputs ``[B, L, d]``; with ``last``, only the next-item query ``[B, d]``."""
         tables = self.tables() if tables is None else tables
-        return [self.experts[k].encode(seqs, t) for k, t in zip(self.names, tables, strict=True)]
+        return [self.experts[k].encode(seqs, t, last) for k, t in zip(self.names, tables, strict=True)]
 
     def expert_logits(self, hidden: Sequence[torch.Tensor], tables: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each expert's scores against every item: ``n_experts`` × ``[N, n_items + 1]``."""
@@ -287,11 +295,11 @@ class PADNet(nn.Module):
 
     def expert_scores(self, seqs: torch.Tensor) -> list[torch.Tensor]:
         tables = self.tables()
-        return self.expert_logits([h[:, -1] for h in self.hidden(seqs, tables)], tables)
+        return self.expert_logits(self.hidden(seqs, tables, last=True), tables)
 
     def score(self, seqs: torch.Tensor) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
             tables = self.tables()
-            return self.fused_scores([h[:, -1] for h in self.hidden(seqs, tables)], tables)
+            return self.fused_scores(self.hidden(seqs, tables, last=True), tables)
         tables, fused = self.serving_tables()
-        return torch.cat([h[:, -1] for h in self.hidden(seqs, tables)], dim=1) @ fused.T
+        return torch.cat(self.hidden(seqs, tables, last=True), dim=1) @ fused.T

@@ -207,7 +207,7 @@ class _Tower(_PADStage):
         net = self.net
         with evaluating(net):
             table = net.all_vectors()
-            users = net.encode(self.query(histories), table)[:, -1]
+            users = net.encode(self.query(histories), table, last=True)
         return (users @ table[: net.n_items + 1].T).float()
 
 
