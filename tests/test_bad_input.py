@@ -9,6 +9,7 @@ library level in test_data_errors.py; these cases go through the commands people
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -227,6 +228,11 @@ RUN_CASES = [
     ("serve-missing-run", ["serve", "--run", "{TMP}/nope"], ["is not a saved padrec run"]),
     ("serve-corrupt-config", ["serve", "--run", "{BAD}/badcfg"], ["config.json, line 2"]),
     ("serve-max-k", ["serve", "--run", "{RUN}", "--max-k", "0"], ["max_k", "0"]),
+    (
+        "serve-missing-encoder",
+        ["serve", "--run", "{RUN}", "--encoder", "{TMP}/no-such-encoder"],
+        ["--encoder", "no-such-encoder", "does not exist"],
+    ),
     ("concordance-missing-run", ["analyze", "concordance", "--run", "{TMP}/nope"], ["not a saved run"]),
     ("concordance-k", ["analyze", "concordance", "--run", "{RUN}", "-k", "0"], ["-k:", "got 0"]),
 ]
@@ -288,6 +294,102 @@ def test_bad_run_or_option(args, needles, places, tmp_path):
     assert_one_error(runner.invoke(app, _fill(args, where)), *_fill(needles, where))
     assert not (tmp_path / "run").exists()  # palr: no run directory for a config that was refused
     assert sorted(p.relative_to(places["RUN"]) for p in places["RUN"].rglob("*")) == before  # nothing written
+
+
+# -- PALR: a missing language model, a retriever of other data, stale instruction data: refused before any work ----
+@pytest.fixture(scope="module")
+def palr_runs(places, tmp_path_factory) -> dict[str, Path]:
+    """Instruction data built by ``padrec palr build-data``: for ml-100k, and for an own CSV (changed per case)."""
+    root = tmp_path_factory.mktemp("palr-runs")
+    ml = root / "ml"
+    res = runner.invoke(app, ["palr", "build-data", "--dataset", "ml-100k", "--run-dir", str(ml), *PALR_SMALL])
+    assert res.exit_code == 0, res.output
+    own_csv = root / "own.csv"
+    shutil.copy(places["F"] / "ok.csv", own_csv)
+    own = root / "own"
+    res = runner.invoke(app, ["palr", "build-data", "--dataset", str(own_csv), "--run-dir", str(own), *PALR_OWN])
+    assert res.exit_code == 0, res.output
+    assert (own / "data" / "meta.json").is_file() and (ml / "data" / "meta.json").is_file()
+    return {"ml": ml, "own": own, "own_csv": own_csv}
+
+
+PALR_SMALL = ["user_fraction=0.01", "progress=false"]
+PALR_OWN = ["min_input=1", "label_len=1", "user_fraction=1.0", "progress=false"]
+PALR_RUN = ["--run-dir", "{TMP}/run"]
+PALR_REFUSED = [
+    (
+        "palr-lm-missing",
+        ["palr", "run", "--dataset", "ml-100k", *PALR_RUN, "--retriever", "pop", "--lm", "{TMP}/nope"],
+        ["language model", "no such file or directory {TMP}/nope", "expected 'smollm2'", "model directory"],
+    ),
+    (
+        "palr-lm-not-a-model",
+        ["palr", "finetune", "--dataset", "ml-100k", *PALR_RUN, "--lm", "{F}/emptydir"],
+        ["language model", "emptydir holds neither config.json", "adapter_config.json"],
+    ),
+    (
+        "palr-lm-missing-for-profiles",
+        ["palr", "profiles", "--dataset", "ml-100k", *PALR_RUN, "--lm", "{TMP}/nope", "profile=lm"],
+        ["no such file or directory {TMP}/nope"],
+    ),
+    (
+        "palr-retriever-of-another-dataset",
+        ["palr", "evaluate", "--dataset", "{F}/ok.csv", *PALR_RUN, "--zero-shot", "--retriever", "{RUN}"],
+        ["retriever {RUN} was trained on 'ml-100k' (1,682 items)", "'ok' (6 items)", "--retriever"],
+    ),
+    (
+        "palr-run-retriever-of-another-dataset",
+        ["palr", "run", "--dataset", "{F}/ok.csv", *PALR_RUN, "--retriever", "{RUN}"],
+        ["retriever {RUN} was trained on 'ml-100k'"],
+    ),
+    (
+        "palr-data-of-another-dataset",
+        ["palr", "build-data", "--dataset", "{F}/ok.csv", "--run-dir", "{ML}"],
+        ["instruction data {ML}/data", "built for dataset 'ml-100k' (1,682 items), not 'ok' (6 items)", "build-data"],
+    ),
+    (
+        "palr-data-for-another-mode",
+        ["palr", "build-data", "--dataset", "ml-100k", "--run-dir", "{ML}", "mode=verbalizer", *PALR_SMALL],
+        ["{ML}/data holds titles-format ranking examples", "mode=verbalizer trains labelled", "delete {ML}/data"],
+    ),
+    (
+        "palr-data-older-than-the-data",
+        ["palr", "build-data", "--dataset", "{TMP}/own.csv", "--run-dir", "{OWN}", *PALR_OWN],
+        ["instruction data {OWN}/data is older than the data", "'own' changed since it was built", "build-data"],
+    ),
+    (
+        "palr-old-data-older-than-the-data",
+        ["palr", "finetune", "--dataset", "ml-100k", "--run-dir", "{OLD}", "--lm", "{TMP}/lm", *PALR_SMALL],
+        ["{OLD}/data is older than the data", "943/1682/99000 then, 943/1682/100000 now", "rebuild it"],
+    ),
+]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "needles"), [c[1:] for c in PALR_REFUSED], ids=[c[0] for c in PALR_REFUSED])
+def test_palr_refuses_before_any_work(args, needles, places, palr_runs, tmp_path):
+    """Exit 2 with one line saying what to fix, before a language model loads; nothing is written or changed."""
+    ml, own, old = tmp_path / "ml", tmp_path / "own", tmp_path / "old"
+    shutil.copytree(palr_runs["ml"], ml)
+    shutil.copytree(palr_runs["own"], own)
+    shutil.copytree(palr_runs["ml"], old)
+    meta = json.loads((old / "data" / "meta.json").read_text())
+    for key in ("data_fingerprint", "n_items", "retrieval_format"):
+        meta.pop(key, None)  # as an older padrec wrote it ...
+    meta["dataset_shape"][2] -= 1000  # ... before ml-100k got 1,000 more ratings
+    (old / "data" / "meta.json").write_text(json.dumps(meta))
+    changed = palr_runs["own_csv"].read_text() + "".join(f"u9,i{i},{i}\n" for i in range(5))  # a new user
+    (tmp_path / "own.csv").write_text(changed)
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text("{}")  # passes the model check; never loaded
+    where = {**places, "TMP": tmp_path, "ML": ml, "OWN": own, "OLD": old}
+    before = _tree(tmp_path)
+    assert_one_error(runner.invoke(app, _fill(args, where)), *_fill(needles, where))
+    assert not (tmp_path / "run").exists()
+    assert _tree(tmp_path) == before  # nothing written, no dataset.json overwritten, no stage rebuilt
 
 
 # -- HTTP: 4xx with a JSON body that names the field ------------------------------------------------------------

@@ -81,6 +81,13 @@ def register(app: typer.Typer) -> None:
 
         if max_batch < 1 or batch_wait_ms < 0 or workers < 1:
             fail("--max-batch and --workers must be at least 1, --batch-wait-ms must not be negative")
+        if encoder not in ("auto", "none"):  # a bad --encoder fails now, not on the first POST /items
+            from padrec.text.encoders import resolve_encoder
+
+            try:
+                resolve_encoder(encoder)
+            except (FileNotFoundError, ValueError) as e:
+                fail(f"--encoder: {e}")
         settings = {
             "run_dir": str(run),
             "ann": None if ann == "none" else ann,
