@@ -1,24 +1,56 @@
-"""PAD vs its backbone: accuracy per popularity bin over seeds, and serving cost, in one script.
+"""PAD vs its backbone: accuracy per popularity bin over seeds, validation numbers, new items, serving cost.
 
     python bench/bench_pad.py --dataset amazon-beauty --backbone sasrec --seeds 0 1 2 [key=value ...]
+    python bench/bench_pad.py --dataset ml-1m --seeds 0 1 2 --presets paper simfrozen
+    python bench/bench_pad.py --dataset ml-1m --seeds 0 1 2 --presets paper simfrozen --new-items 0.05
+    python bench/bench_pad.py --choose-default
 
-For each seed a PAD run directory ``bench/.work/pad/<dataset>/<backbone>-seed<k>`` is created (finished
-stages are reused, so an interrupted benchmark continues). The backbone of seed 0 can be an existing
-run (``--pretrained DIR``) to avoid training it twice. Seeds can run as separate processes: ``--add-seeds``
-adds a run's seeds to the stored records made with the same settings. Records (MISSION.md §5): models ``<backbone>``,
-``pad-<backbone>`` (+ ``-<variant>`` for ablations), protocol ``full-loo``, metrics HR@10/NDCG@10 as
-mean over seeds (``_std`` alongside), groups ``bin1``..``bin10``, ``cold``, ``warm``. Serving cost: time
-to score all items for a batch of users, PAD vs backbone, same run, alternating order, median of 9.
+(``key=value`` overrides go before the options taking several values, or after ``--``.)
+
+For each seed a PAD run directory ``bench/.work/pad/<dataset>/<backbone>[-<preset>][-<variant>]-seed<k>`` is created
+(finished stages are reused, so an interrupted benchmark continues; a directory holding a run made with other
+settings is refused). The backbone of seed 0 can be an existing run (``--pretrained DIR``) to avoid training it
+twice. ``--presets`` runs each named PAD preset (padrec.pad.pipeline.PRESETS; ``key=value`` overrides go on top)
+on the same backbone per seed: it is trained once, with the first preset, and copied to the others. Seeds can
+run as separate processes: ``--add-seeds`` adds a run's seeds to the stored records made with the same settings.
+
+Records (MISSION.md §5): models ``<backbone>``, ``pad-<backbone>`` (preset paper, or no preset), ``-<preset>`` for
+the other presets, ``-<variant>`` for ablations; protocol ``full-loo``; metrics HR@10/NDCG@10 on the test users
+as mean over seeds (``_std`` alongside), groups ``bin1``..``bin10``, ``cold``, ``warm``. Every accuracy record also
+holds ``valid``: HR@10/NDCG@10 on the validation users (their leave-one-out validation item, full ranking, history
+masked), overall and for the cold and warm groups, of the final model (the best-on-validation checkpoint early
+stopping restored), mean ± std over seeds; ``config`` holds the preset and the overrides that produced it;
+``per_seed`` holds each seed's test and validation numbers, each stage's ``epochs`` and ``best_epoch``, and (PAD
+records) ``backbone_valid``, the validation numbers of the very backbone that PAD seed was built on.
+
+``--new-items SHARE`` runs the new-item protocol (padrec.eval.newitems) instead: per seed ``k`` the same seeded
+``SHARE`` of the items (drawn with seed ``k``) is held out of training entirely, the backbone and every preset are
+trained without them (``bench/.work/pad/<dataset>/newitems<SHARE>/...``), PAD adds them from their text, and the
+test users whose last item is held out are ranked against the whole catalogue. Records: task ``newitems``,
+protocol ``full-newitems``, ``share``, HR@10/NDCG@10 on those users (mean ± std over seeds), ``users`` (how many
+per seed), ``held_items``, ``seeds``, and the runs' validation numbers.
+
+``--choose-default`` trains nothing: it reads pad.json and picks the PAD default on validation users only. Rule
+(:func:`choose_default` in full): among the presets measured on both ml-1m and amazon-beauty whose validation
+NDCG@10 on cold items does not drop below their own backbone's on either dataset, the one with the best mean over
+the two datasets of the relative change of validation NDCG@10 over its own backbone; ties go to the preset listed
+first (paper). It refuses when a preset's validation numbers are missing, and never reads test numbers.
+
+Serving cost: time to score all items for a batch of users, PAD vs backbone, same run, alternating order, median
+of 9. ``--results DIR`` (default bench/results) and ``--work DIR`` (default bench/.work/pad) move the result files
+and the run directories (tests use both).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,58 +61,110 @@ from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.report import git_commit, merge_bench
 from padrec.models import Recommender
-from padrec.pad.pipeline import comparison_table, run_pad
+from padrec.pad.pipeline import PRESETS, comparison_table, evaluate_stages, run_pad, with_preset
 from padrec.train.config import parse_overrides
 
 ROOT = Path(__file__).resolve().parent
 WORK = ROOT / ".work" / "pad"
+RESULTS = ROOT / "results"
 GROUPS = [*(f"bin{i}" for i in range(1, 11)), "unseen", "cold", "warm", *COUNT_GROUPS]
+#: validation groups a record keeps (overall is always kept)
+VALID_GROUPS = ("cold", "warm")
+#: the datasets the PAD default is chosen on (issue #20)
+STUDY_DATASETS = ("ml-1m", "amazon-beauty")
+#: records that hold per-seed values which later seeds can be added to
+SEEDED_TASKS = ("accuracy", "newitems")
 
 
 def _hr_ndcg(d: dict) -> dict:
     return {m: d[m] for m in ("HR@10", "NDCG@10") if m in d}
 
 
-def _seed_values(result, seed: int) -> dict:
-    """One seed's HR/NDCG@10, overall and per group: what a record keeps so later seeds can be added."""
+def _valid_values(result) -> dict:
+    """Validation HR/NDCG@10 of one seed's model, overall and for the cold and warm groups, with user counts."""
+    groups = {g: {**_hr_ndcg(result.groups[g]), "users": int(result.groups[g]["users"])}
+              for g in VALID_GROUPS if g in result.groups}  # fmt: skip
+    return {**_hr_ndcg(result.overall), "users": result.n_users, "groups": groups}
+
+
+def _seed_values(result, seed: int, valid=None, backbone_valid=None, epochs: dict | None = None) -> dict:
+    """One seed's HR/NDCG@10, overall and per group: what a record keeps so later seeds can be added. ``valid``:
+    the same model's validation results; ``backbone_valid``: those of the backbone this PAD seed was built on."""
     groups = {g: _hr_ndcg(result.groups[g]) for g in GROUPS if g in result.groups}
-    return {"seed": seed, **_hr_ndcg(result.overall), "groups": {g: v for g, v in groups.items() if v}}
+    out = {"seed": seed, **_hr_ndcg(result.overall), "groups": {g: v for g, v in groups.items() if v}}
+    if valid is not None:
+        out["valid"] = _valid_values(valid)
+    if backbone_valid is not None:
+        out["backbone_valid"] = _valid_values(backbone_valid)
+    if epochs:
+        out["epochs"] = epochs
+    return out
+
+
+def _agg(dicts: list[dict]) -> dict:
+    out = {}
+    for m in ("HR@10", "NDCG@10"):
+        vals = [d[m] for d in dicts if m in d]
+        if vals:
+            out[m] = float(np.mean(vals))
+            out[f"{m}_std"] = float(np.std(vals))
+    return out
 
 
 def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
     """Mean and std over seeds of the overall metrics and of each group's."""
-
-    def agg(dicts: list[dict]) -> dict:
-        out = {}
-        for m in ("HR@10", "NDCG@10"):
-            vals = [d[m] for d in dicts if m in d]
-            if vals:
-                out[m] = float(np.mean(vals))
-                out[f"{m}_std"] = float(np.std(vals))
-        return out
-
     # a group every seed reports (a seed stored before a group existed must not turn a mean into one seed's)
-    groups = {g: agg([s["groups"][g] for s in per_seed]) for g in GROUPS if all(g in s["groups"] for s in per_seed)}
-    return agg(per_seed), {g: v for g, v in groups.items() if v}
+    groups = {g: _agg([s["groups"][g] for s in per_seed]) for g in GROUPS if all(g in s["groups"] for s in per_seed)}
+    return _agg(per_seed), {g: v for g, v in groups.items() if v}
 
 
-def _mean_record(name: str, per_seed: list[dict], dataset: str, protocol: str, note: str, config: dict) -> dict:
+def _aggregate_valid(per_seed: list[dict]) -> dict | None:
+    """Mean and std over seeds of the validation numbers; None unless every seed has them (a seed stored before
+    they were recorded must not turn the mean into the other seeds')."""
+    if not per_seed or not all("valid" in s for s in per_seed):
+        return None
+    vals = [s["valid"] for s in per_seed]
+    groups = {g: _agg([v["groups"][g] for v in vals]) for g in VALID_GROUPS if all(g in v["groups"] for v in vals)}
+    return {"stage": "valid", "metrics": _agg(vals), "groups": groups}
+
+
+def _device() -> str:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def _finish(rec: dict) -> dict:
+    """``rec``'s aggregates (metrics, groups, valid; new items: users, held_items) recomputed from ``per_seed``."""
+    per_seed = rec["per_seed"]
     metrics, groups = _aggregate(per_seed)
-    return {
-        "task": "accuracy",
-        "dataset": dataset,
-        "model": name,
-        "protocol": protocol,
-        "metrics": metrics,
-        "groups": groups,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "seeds": [s["seed"] for s in per_seed],
-        "per_seed": per_seed,
-        "config": config,
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-        "note": note,
-    }
+    rec["metrics"] = {**rec.get("metrics", {}), **metrics}  # keeps seed-0 extras (experts, concordance)
+    rec["groups"] = groups
+    valid = _aggregate_valid(per_seed)
+    if valid is None:
+        rec.pop("valid", None)
+    else:
+        rec["valid"] = valid
+    rec["seeds"] = [s["seed"] for s in per_seed]
+    if rec["task"] == "newitems":
+        rec["users"] = [s["users"] for s in per_seed]
+        rec["held_items"] = per_seed[0]["held_items"]
+    return rec
+
+
+def _mean_record(
+    name: str, per_seed: list[dict], dataset: str, protocol: str, note: str, config: dict, task: str = "accuracy"
+) -> dict:
+    rec = {"task": task, "dataset": dataset, "model": name, "protocol": protocol}
+    if task == "newitems":
+        rec["share"] = config["share"]
+    rec.update(
+        per_seed=per_seed,
+        device=_device(),
+        config=config,
+        commit=git_commit(),
+        date=time.strftime("%Y-%m-%d"),
+        note=note,
+    )
+    return _finish(rec)
 
 
 def _stored_seeds(rec: dict) -> list[dict]:
@@ -107,15 +191,12 @@ def _add_seeds(stored: dict, new: dict) -> dict:
     both = set(stored["seeds"]) & set(new["seeds"])
     if both:
         raise SystemExit(f"{new['dataset']} {new['model']}: seeds {sorted(both)} are already in the stored record")
-    per_seed = sorted(_stored_seeds(stored) + new["per_seed"], key=lambda s: s["seed"])
-    metrics, groups = _aggregate(per_seed)
     out = dict(stored)
-    out["metrics"] = {**stored["metrics"], **metrics}  # keeps seed-0 extras (experts, concordance)
-    out["groups"] = groups
-    out.update(seeds=[s["seed"] for s in per_seed], per_seed=per_seed, config=new["config"], date=new["date"])
+    out["per_seed"] = sorted(_stored_seeds(stored) + new["per_seed"], key=lambda s: s["seed"])
+    out.update(config=new["config"], date=new["date"])
     out["commit"] = f"{stored['commit']}+{new['commit']}"
     out["note"] = f"{stored['note']}; seeds {new['seeds']} added by a later run (commit {new['commit']})"
-    return out
+    return _finish(out)
 
 
 def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 9) -> dict:
@@ -144,14 +225,319 @@ def expert_breakdown(pad, split) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def pad_name(backbone: str, preset: str | None = None, variant: str = "") -> str:
+    """``pad-<backbone>`` for no preset or ``paper``, ``-<preset>`` for the others, then ``-<variant>``."""
+    parts = [f"pad-{backbone}", *([preset] if preset not in (None, "paper") else []), *([variant] if variant else [])]
+    return "-".join(parts)
+
+
+def _variants(backbone: str, presets: list[str] | None, variant: str, overrides: dict) -> list[tuple]:
+    """(record name, preset, the overrides it runs with) for every PAD configuration of this call."""
+    if not presets:
+        return [(pad_name(backbone, None, variant), None, overrides)]
+    return [(pad_name(backbone, p, variant), p, with_preset(p, overrides)) for p in dict.fromkeys(presets)]
+
+
+def _run_dir(work: Path, dataset: str, backbone: str, name: str, seed: int, share: float | None = None) -> Path:
+    base = work / dataset / (f"newitems{share:g}" if share is not None else "")
+    return base / f"{backbone}{name.removeprefix(f'pad-{backbone}')}-seed{seed}"
+
+
+def _json_norm(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _prepare_run_dir(run_dir: Path, backbone_from: Path | None, overrides: dict) -> None:
+    """Refuse a run directory holding a finished run made with other settings (its stages would be reused as they
+    are); copy a trained backbone (``backbone_from``, a finished pretrain stage) in when the run has none yet."""
+    stored = run_dir / "pad.json"
+    if stored.exists():
+        had = json.loads(stored.read_text()).get("overrides")
+        if had != _json_norm(overrides):
+            raise SystemExit(
+                f"{run_dir} holds a PAD run made with other settings ({had}; this call: {_json_norm(overrides)}): "
+                "its finished stages would be reused as they are; remove it, or choose another --work"
+            )
+    if backbone_from is not None and not (run_dir / "pretrain").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(backbone_from, run_dir / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
+
+
+def _epochs(run_dir: Path, stages: tuple[str, ...] = ("pretrain", "align", "text-expert", "pad")) -> dict:
+    """Each finished stage's trained epochs and best (restored) epoch, from its train.json."""
+    out = {}
+    for k in stages:
+        path = run_dir / k / "train.json"
+        if path.exists():  # no align stage without the aligned expert, no text-expert stage without text_init
+            t = json.loads(path.read_text())
+            out[k] = {"epochs": t.get("epochs"), "best_epoch": t.get("best_epoch")}
+    return out
+
+
+def _config(backbone: str, encoder: str, preset: str | None, overrides: dict, **extra: Any) -> dict:
+    return {"backbone": backbone, "encoder": encoder, "preset": preset, "overrides": overrides, **extra}
+
+
+def _backbone_overrides(overrides: dict) -> dict:
+    return {k: v for k, v in overrides.items() if k.startswith("backbone.")}
+
+
+def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
+    """Train (or finish) the backbone and every PAD configuration for every seed; their records."""
+    split = leave_one_out(load_dataset(args.dataset))
+    variants = _variants(args.backbone, args.presets, args.variant, overrides)
+    base_res: list[dict] = []
+    pad_res: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
+    first: dict[str, Any] = {}  # name -> the first seed's run
+    bb = args.backbone
+    for seed in args.seeds:
+        shared = args.pretrained  # the first configuration trains the seed's backbone, the others copy it
+        for k, (name, _, over) in enumerate(variants):
+            run_dir = _run_dir(args.work, args.dataset, bb, name, seed)
+            seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
+            _prepare_run_dir(run_dir, shared, seeded)
+            out = run_pad(split, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded)
+            print(comparison_table(out.results), flush=True)
+            valid = evaluate_stages(out, split, stage="valid")
+            epochs = _epochs(run_dir)
+            if k == 0:
+                base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
+                base_res.append(_seed_values(out.results[bb], seed, valid[bb], epochs=base_epochs))
+                shared = run_dir / "pretrain"
+            pad_res[name].append(_seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs))
+            first.setdefault(name, out)
+    protocol = next(iter(first.values())).results[bb].protocol
+    new: list[dict] = []
+    if not args.variant:
+        config = _config(bb, args.encoder, None, _backbone_overrides(overrides))
+        note = _note(args, _backbone_overrides(overrides), base_res[0].get("epochs", {}))
+        new.append(_mean_record(bb, base_res, args.dataset, protocol, note, config))
+    for name, preset, over in variants:
+        run = first[name]
+        cost = serving_cost(run.backbone, run.pad, split)
+        rec = _mean_record(
+            name,
+            pad_res[name],
+            args.dataset,
+            protocol,
+            _note(args, over, pad_res[name][0].get("epochs", {}), cost),
+            _config(bb, args.encoder, preset, over),
+        )
+        rec["metrics"].update(_concordance(run.run_dir))
+        rec["metrics"].update(expert_breakdown(run.pad, split))
+        if "text-only" in run.results:  # text_init=pretrain: the text tower alone, before stage 3
+            tower = run.results["text-only"]
+            rec["metrics"]["text_tower_NDCG@10"] = tower.overall["NDCG@10"]
+            rec["metrics"]["text_tower_cold_NDCG@10"] = tower.groups["cold"]["NDCG@10"]
+        new.append(rec)
+        if not args.variant:
+            new.append(_speed_record(args.dataset, name, args.seeds, cost))
+    return new
+
+
+def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
+    """The new-item protocol for the backbone and every PAD configuration, every seed; task ``newitems`` records."""
+    from padrec.eval.newitems import PROTOCOL, new_item_split
+    from padrec.pad.pipeline import new_item_results, new_item_table, new_item_text
+
+    ds = load_dataset(args.dataset)
+    variants = _variants(args.backbone, args.presets, args.variant, overrides)
+    bb, share = args.backbone, args.new_items
+    per_seed: dict[str, list[dict]] = {bb: [], **{name: [] for name, _, _ in variants}}
+    for seed in args.seeds:
+        ns = new_item_split(ds, share, seed)  # the same held-out items for the backbone and every preset
+        full_text, text = new_item_text(ns, args.encoder)
+        shared = None  # the first configuration trains the seed's backbone, the others copy it
+        for k, (name, _, over) in enumerate(variants):
+            run_dir = _run_dir(args.work, args.dataset, bb, name, seed, share)
+            seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
+            _prepare_run_dir(run_dir, shared, seeded)
+            out = run_pad(ns.train, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded, text=text,
+                          evaluate=False)  # fmt: skip
+            fresh = new_item_results(out, ns, args.encoder, full_text)
+            print(f"{name}, seed {seed}:\n{new_item_table(fresh, share)}", flush=True)
+            valid = evaluate_stages(out, ns.train, stage="valid")
+            epochs = _epochs(run_dir)
+            if k == 0:
+                base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
+                per_seed[bb].append(_new_item_values(fresh[bb], seed, len(ns.held), valid[bb], None, base_epochs))
+                shared = run_dir / "pretrain"
+            pad_values = _new_item_values(fresh[f"pad-{bb}"], seed, len(ns.held), valid[f"pad-{bb}"], valid[bb], epochs)
+            per_seed[name].append(pad_values)
+    over_of = {name: (preset, over) for name, preset, over in variants}
+    over_of[bb] = (None, _backbone_overrides(overrides))
+    new = []
+    for name, seeds in per_seed.items():
+        if name == bb and args.variant:  # an ablation's backbone is not the reference one
+            continue
+        preset, over = over_of[name]
+        note = _note(args, over, seeds[0]["epochs"]) + (
+            f"; new items: {100 * share:g}% of the items held out of training (drawn with each seed), added "
+            "afterwards from text; test users whose last item is held out, ranked against every item"
+        )
+        config = _config(bb, args.encoder, preset, over, share=share)
+        new.append(_mean_record(name, seeds, args.dataset, PROTOCOL, note, config, task="newitems"))
+    return new
+
+
+def _new_item_values(res, seed: int, held: int, valid, backbone_valid, epochs: dict) -> dict:
+    """One seed's new-item numbers: HR/NDCG@10 on the users whose target is held out, how many they are, how many
+    of them the model could score at all, how many items were held out; validation numbers as for accuracy."""
+    out = _seed_values(res, seed, valid, backbone_valid, epochs)
+    scorable = int(res.groups.get("scorable", {}).get("users", 0))
+    return {**out, "users": res.n_users, "scorable": scorable, "held_items": held, "groups": {}}
+
+
+def _note(args: argparse.Namespace, overrides: dict, epochs: dict, cost: dict | None = None) -> str:
+    parts = [
+        args.note,
+        f"encoder {args.encoder}; full ranking, history masked; early stopping on valid NDCG@10",
+        f"stage epochs (seed {args.seeds[0]}): {epochs}; overrides {overrides}",
+        f"serving {cost}" if cost else "",
+    ]
+    return "; ".join(p for p in parts if p)
+
+
+def choose_default(
+    records: list[dict], backbone: str = "sasrec", datasets: tuple[str, ...] = STUDY_DATASETS
+) -> dict[str, Any]:
+    """Pick the PAD default on validation users only; test numbers are never read.
+
+    Rule. Candidates are the presets (``padrec.pad.pipeline.PRESETS``) with an accuracy record ``pad-<backbone>``
+    (paper) or ``pad-<backbone>-<preset>`` made with ``--presets`` on every one of ``datasets`` (ml-1m and
+    amazon-beauty). For preset P on dataset d, over the record's seeds, paired with the backbone each seed was
+    built on (``backbone_valid``)::
+
+        rel(P, d)      = mean_seeds(valid NDCG@10 of PAD) / mean_seeds(valid NDCG@10 of its backbone) - 1
+        rel_cold(P, d) = the same on the validation users whose item is cold (popularity bins 8-10)
+
+    P is eligible when ``rel_cold(P, d) >= 0`` on every dataset (it does not lose on cold items anywhere: that is
+    what PAD is for). The winner is the eligible preset with the highest ``mean_d rel(P, d)``; ties go to the
+    preset listed first in PRESETS (``paper``, the published design). No eligible preset: no winner (the default
+    stays as it is). Records with a ``--variant`` label are not candidates.
+
+    Raises SystemExit when no preset has records on every dataset, or when a candidate's record lacks validation
+    numbers (every seed's ``valid`` and ``backbone_valid``) or was not made with ``--presets``: a choice made on
+    some presets' numbers, or on test numbers, is what this refuses.
+
+    Returns ``{"winner": P or None, "rule": str, "presets": {P: {"score", "eligible", "datasets": {d: {...}}}},
+    "skipped": {P: reason}}``.
+    """
+    acc = {(r["dataset"], r["model"]): r for r in records if r.get("task") == "accuracy"}
+    problems: list[str] = []
+    table: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for preset in PRESETS:
+        name = pad_name(backbone, preset)
+        present = [d for d in datasets if (d, name) in acc]
+        if len(present) < len(datasets):
+            missing = [d for d in datasets if d not in present]
+            skipped[preset] = f"no {name} record on {', '.join(missing)}"
+            continue
+        per_dataset = {}
+        for d in datasets:
+            rec = acc[(d, name)]
+            seeds = rec.get("per_seed") or []
+            lacking = [s.get("seed") for s in seeds if "valid" not in s or "backbone_valid" not in s]
+            why = [f"no validation numbers for seeds {lacking or rec.get('seeds')}"] if not seeds or lacking else []
+            if (rec.get("config") or {}).get("preset") != preset:
+                why.append(f"not made with --presets {preset} (no preset in its config)")
+            if why:
+                problems.append(f"{d} {name}: {'; '.join(why)}")
+            else:
+                per_dataset[d] = _relative(seeds, name, d, problems)
+        if len(per_dataset) == len(datasets) and all(v is not None for v in per_dataset.values()):
+            eligible = all(v["rel_cold"] >= 0 for v in per_dataset.values())
+            score = float(np.mean([v["rel"] for v in per_dataset.values()]))
+            table[preset] = {"score": score, "eligible": eligible, "datasets": per_dataset}
+    if problems:
+        raise SystemExit(
+            "cannot choose the PAD default: validation numbers are missing\n  "
+            + "\n  ".join(problems)
+            + "\nrerun those records with bench/bench_pad.py --presets ... --replace (they must hold each seed's "
+            "validation NDCG@10 and that of its backbone)"
+        )
+    if not table:
+        raise SystemExit(
+            f"cannot choose the PAD default: no preset has {backbone} records on every one of {', '.join(datasets)} "
+            f"({'; '.join(f'{p}: {why}' for p, why in skipped.items())}); run bench/bench_pad.py --presets "
+            f"{' '.join(PRESETS)} on each dataset first"
+        )
+    eligible = [p for p in table if table[p]["eligible"]]  # PRESETS order: ties go to the earlier one
+    winner = max(eligible, key=lambda p: table[p]["score"]) if eligible else None
+    rule = (
+        "best mean (over " + " and ".join(datasets) + ") relative change of validation NDCG@10 over its own backbone, "
+        "among presets that do not lose validation NDCG@10 on cold items on any dataset"
+    )
+    return {"winner": winner, "rule": rule, "presets": table, "skipped": skipped}
+
+
+def _relative(seeds: list[dict], name: str, dataset: str, problems: list[str]) -> dict | None:
+    """Relative change of validation NDCG@10 (overall and cold) of one PAD record over its own backbone."""
+
+    def mean(key: str, cold: bool) -> float | None:
+        vals = [(s[key]["groups"].get("cold", {}) if cold else s[key]).get("NDCG@10") for s in seeds]
+        return None if any(v is None for v in vals) else float(np.mean(vals))
+
+    pad, base = mean("valid", False), mean("backbone_valid", False)
+    pad_cold, base_cold = mean("valid", True), mean("backbone_valid", True)
+    if None in (pad, base, pad_cold, base_cold) or not base or not base_cold:
+        problems.append(f"{dataset} {name}: validation NDCG@10 (overall and cold, PAD and backbone) incomplete or 0")
+        return None
+    return {
+        "seeds": [s["seed"] for s in seeds],
+        "backbone": base,
+        "pad": pad,
+        "rel": pad / base - 1,
+        "backbone_cold": base_cold,
+        "pad_cold": pad_cold,
+        "rel_cold": pad_cold / base_cold - 1,
+    }
+
+
+def choice_table(choice: dict[str, Any]) -> str:
+    """The table ``--choose-default`` prints, and its verdict."""
+    lines = [
+        "PAD default chosen on validation users (leave-one-out validation item, full ranking, history masked)",
+        f"{'preset':>10s}  {'dataset':>14s}  {'seeds':>7s}  {'backbone':>8s}  {'PAD':>8s}  {'change':>7s}  "
+        f"{'bb cold':>8s}  {'PAD cold':>8s}  {'cold chg':>8s}",
+    ]
+    for preset, row in choice["presets"].items():
+        for d, v in row["datasets"].items():
+            seeds = ",".join(map(str, v["seeds"]))
+            lines.append(
+                f"{preset:>10s}  {d:>14s}  {seeds:>7s}  {v['backbone']:8.4f}  {v['pad']:8.4f}  "
+                f"{100 * v['rel']:+6.1f}%  {v['backbone_cold']:8.4f}  {v['pad_cold']:8.4f}  "
+                f"{100 * v['rel_cold']:+7.1f}%"
+            )
+        verdict = "eligible" if row["eligible"] else "not eligible: loses on cold items"
+        lines.append(f"{preset:>10s}  mean change of valid NDCG@10 {100 * row['score']:+.1f}% ({verdict})")
+    for preset, why in choice["skipped"].items():
+        lines.append(f"{preset:>10s}  not compared: {why}")
+    lines.append(f"rule: {choice['rule']}")
+    winner = choice["winner"]
+    lines.append(f"winner: {winner}" if winner else "winner: none (no preset qualifies; keep the current default)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="amazon-beauty")
     ap.add_argument("--backbone", default="sasrec")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument(
+        "--presets",
+        nargs="+",
+        choices=list(PRESETS),
+        help="PAD presets to run on the same backbone (records pad-BACKBONE for paper, pad-BACKBONE-PRESET else)",
+    )
     ap.add_argument("--variant", default="", help="ablation label, e.g. 'nolam' -> model pad-sasrec-nolam")
     ap.add_argument("--pretrained", type=Path, help="an existing backbone run dir to reuse for every seed")
     ap.add_argument("--encoder", default="minilm", help="text encoder: minilm, mpnet or a model folder")
+    ap.add_argument("--new-items", type=float, metavar="SHARE", help="run the new-item protocol with this share")
+    ap.add_argument("--choose-default", action="store_true", help="pick the PAD default from pad.json (no training)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder of pad.json, pad.md and the plots")
+    ap.add_argument("--work", type=Path, default=WORK, help="folder of the run directories")
     ap.add_argument("--note", default="")
     ap.add_argument("--replace", action="store_true", help="overwrite a stored record over more seeds")
     ap.add_argument(
@@ -162,57 +548,34 @@ def main() -> None:
     ap.add_argument("--serving-only", action="store_true", help="re-time serving of the first seed's finished run")
     ap.add_argument("--plot-only", action="store_true", help="redraw results/pad_<dataset>.png from pad.json only")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    if args.plot_only:
-        records = json.loads((ROOT / "results" / "pad.json").read_text())["records"]
-        print(_plot(records, args.dataset))
+    if args.choose_default:
+        path = args.results / "pad.json"
+        if not path.exists():
+            raise SystemExit(f"cannot choose the PAD default: {path} does not exist")
+        print(choice_table(choose_default(json.loads(path.read_text())["records"], args.backbone)))
         return
-    split = leave_one_out(load_dataset(args.dataset))
+    if args.plot_only:
+        records = json.loads((args.results / "pad.json").read_text())["records"]
+        print(_plot(records, args.dataset, args.results))
+        return
     if args.serving_only:
-        run_dir = WORK / args.dataset / f"{args.backbone}-seed{args.seeds[0]}"
+        split = leave_one_out(load_dataset(args.dataset))
+        run_dir = args.work / args.dataset / f"{args.backbone}-seed{args.seeds[0]}"
         cost = serving_cost(Recommender.load(run_dir / "pretrain"), Recommender.load(run_dir / "pad"), split)
         print(cost)
-        _update_speed(args.dataset, f"pad-{args.backbone}", args.seeds, cost)
-        _update_concordance(args.dataset, f"pad-{args.backbone}", run_dir)
+        _update_speed(args.dataset, f"pad-{args.backbone}", args.seeds, cost, args.results)
+        _update_concordance(args.dataset, f"pad-{args.backbone}", run_dir, args.results)
         return
     overrides = parse_overrides(args.overrides)
-    base_res, pad_res, runs = [], [], []
-    for seed in args.seeds:
-        run_dir = WORK / args.dataset / f"{args.backbone}{'-' + args.variant if args.variant else ''}-seed{seed}"
-        if args.pretrained and not (run_dir / "pretrain").exists():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(args.pretrained, run_dir / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
-        seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **overrides}
-        out = run_pad(split, run_dir, backbone=args.backbone, encoder=args.encoder, overrides=seeded)
-        print(comparison_table(out.results), flush=True)
-        base_res.append(_seed_values(out.results[args.backbone], seed))
-        pad_res.append(_seed_values(out.results[f"pad-{args.backbone}"], seed))
-        runs.append(out)
-    cost = serving_cost(runs[0].backbone, runs[0].pad, split)
-    epochs = {
-        k: json.loads((runs[0].run_dir / k / "train.json").read_text()).get("epochs")
-        for k in ("align", "text-expert", "pad")
-        if (runs[0].run_dir / k / "train.json").exists()  # no align stage without the aligned expert
-    }
-    note = (
-        f"{args.note}; encoder {args.encoder}; full ranking, history masked; early stopping on valid NDCG@10; "
-        f"stage epochs (seed {args.seeds[0]}): {epochs}; overrides {overrides}; serving {cost}"
-    ).strip("; ")
-    pad_name = f"pad-{args.backbone}" + (f"-{args.variant}" if args.variant else "")
-    config = {"backbone": args.backbone, "encoder": args.encoder, "overrides": overrides}
-    protocol = runs[0].results[args.backbone].protocol
-    new = [_mean_record(pad_name, pad_res, args.dataset, protocol, note, config)]
-    new[0]["metrics"].update(_concordance(runs[0].run_dir))
-    new[0]["metrics"].update(expert_breakdown(runs[0].pad, split))
-    if "text-only" in runs[0].results:  # text_init=pretrain: the text tower alone, before stage 3
-        tower = runs[0].results["text-only"]
-        new[0]["metrics"]["text_tower_NDCG@10"] = tower.overall["NDCG@10"]
-        new[0]["metrics"]["text_tower_cold_NDCG@10"] = tower.groups["cold"]["NDCG@10"]
-    if not args.variant:
-        new.insert(0, _mean_record(args.backbone, base_res, args.dataset, protocol, note, config))
-        new.append(_speed_record(args.dataset, pad_name, args.seeds, cost))
-    _merge(new, replace=args.replace, add_seeds=args.add_seeds)
+    if args.new_items is not None and args.pretrained:
+        raise SystemExit("--pretrained cannot be used with --new-items: its backbone trained on the held-out items")
+    if args.new_items is not None:
+        new = new_item_records(args, overrides)
+    else:
+        new = accuracy_records(args, overrides)
+    _merge(new, args.results, replace=args.replace, add_seeds=args.add_seeds)
 
 
 def _speed_record(dataset: str, model: str, seeds: list[int], cost: dict) -> dict:
@@ -221,7 +584,7 @@ def _speed_record(dataset: str, model: str, seeds: list[int], cost: dict) -> dic
         "dataset": dataset,
         "model": model,
         "protocol": "n/a",
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": _device(),
         "seeds": seeds,
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
@@ -244,40 +607,40 @@ def _concordance(run_dir: Path) -> dict[str, float]:
 
 
 def _key(r: dict) -> tuple:
-    return r["task"], r["dataset"], r["model"]
+    return r["task"], r["dataset"], r["model"], r.get("share")
 
 
-def _update_concordance(dataset: str, model: str, run_dir: Path) -> None:
+def _update_concordance(dataset: str, model: str, run_dir: Path, results: Path = RESULTS) -> None:
     values = _concordance(run_dir)
 
     def update(records: list[dict]) -> None:
         for r in records:
-            if _key(r) == ("accuracy", dataset, model):
+            if _key(r) == ("accuracy", dataset, model, None):
                 r["metrics"].update(values)
 
-    merge_bench("pad", [], _key, _markdown, update=update)
+    merge_bench("pad", [], _key, _markdown, update=update, results_dir=results)
 
 
-def _update_speed(dataset: str, model: str, seeds: list[int], cost: dict) -> None:
-    _merge([_speed_record(dataset, model, seeds, cost)])
+def _update_speed(dataset: str, model: str, seeds: list[int], cost: dict, results: Path = RESULTS) -> None:
+    _merge([_speed_record(dataset, model, seeds, cost)], results)
 
 
-def _merge(new: list[dict], replace: bool = False, add_seeds: bool = False) -> None:
-    """Add ``new`` to pad.json; an accuracy record over more seeds is kept unless ``replace``; with
-    ``add_seeds`` an accuracy record's seeds are added to the stored one's (under the lock)."""
+def _merge(new: list[dict], results: Path = RESULTS, replace: bool = False, add_seeds: bool = False) -> None:
+    """Add ``new`` to pad.json; an accuracy or new-item record over more seeds is kept unless ``replace``; with
+    ``add_seeds`` such a record's seeds are added to the stored one's (under the lock)."""
 
     def keep_old(old: dict, rec: dict) -> bool:
-        keep = not replace and rec["task"] == "accuracy" and len(old["seeds"]) > len(rec["seeds"])
+        keep = not replace and rec["task"] in SEEDED_TASKS and len(old["seeds"]) > len(rec["seeds"])
         if keep:
             print(
-                f"kept the stored {rec['dataset']} {rec['model']} record over seeds {old['seeds']} "
+                f"kept the stored {rec['dataset']} {rec['model']} {rec['task']} record over seeds {old['seeds']} "
                 f"(this run: {rec['seeds']}; --replace to overwrite it, --add-seeds to add to it)",
                 flush=True,
             )
         return keep
 
     def add(records: list[dict]) -> None:
-        for rec in (r for r in new if r["task"] == "accuracy"):
+        for rec in (r for r in new if r["task"] in SEEDED_TASKS):
             hits = [k for k, r in enumerate(records) if _key(r) == _key(rec)]
             if hits:
                 records[hits[0]] = _add_seeds(records[hits[0]], rec)
@@ -285,16 +648,19 @@ def _merge(new: list[dict], replace: bool = False, add_seeds: bool = False) -> N
                 records.append(rec)
 
     if add_seeds:
-        rest = [r for r in new if r["task"] != "accuracy"]
-        records = merge_bench("pad", rest, _key, _markdown, update=add)
+        rest = [r for r in new if r["task"] not in SEEDED_TASKS]
+        records = merge_bench("pad", rest, _key, _markdown, update=add, results_dir=results)
     else:
-        records = merge_bench("pad", new, _key, _markdown, keep_old)
-    for dataset in sorted({r["dataset"] for r in new}):
-        _plot(records, dataset)
+        records = merge_bench("pad", new, _key, _markdown, keep_old, results_dir=results)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib not installed: no per-bin plots", flush=True)
+        return
+    for dataset in sorted({r["dataset"] for r in new if r["task"] == "accuracy"}):
+        _plot(records, dataset, results)
 
 
-def _plot(records: list[dict], dataset: str, max_series: int = 6) -> Path:
-    """``results/pad_<dataset>.png``: NDCG@10 per popularity bin ± std over seeds, and each PAD row's change
+def _plot(records: list[dict], dataset: str, results: Path = RESULTS, max_series: int = 6) -> Path:
+    """``<results>/pad_<dataset>.png``: NDCG@10 per popularity bin ± std over seeds, and each PAD row's change
     against its own backbone (percent). Drawn: every backbone and its plain ``pad-<backbone>``, then the variants
     with the largest overall gain over their backbone, up to ``max_series``; pad.md lists every record."""
     from padrec.eval.plots import plot_groups
@@ -325,7 +691,7 @@ def _plot(records: list[dict], dataset: str, max_series: int = 6) -> Path:
     baseline = {label[id(r)]: by_model[backbone(r)] for r in rows if backbone(r) in by_model}
     keep = [by_model[m] for m in (f"pad-{backbone(r)}" for r in rows if r["model"] == backbone(r)) if m in by_model]
     title = f"{dataset}: NDCG@10 per item-popularity bin (bin1 = most popular), full ranking, mean ± std over seeds"
-    out = ROOT / "results" / f"pad_{dataset}.png"
+    out = results / f"pad_{dataset}.png"
     return plot_groups(series, out, groups, errors, title=title, baseline=baseline, keep=keep, max_series=max_series)
 
 
@@ -376,6 +742,8 @@ def _markdown(records: list[dict]) -> str:
                     f"(cold {m['text_tower_cold_NDCG@10']:.4f})"
                 )
             lines.append(f"- {who} each expert alone, test NDCG@10 (seed {r['seeds'][0]}): {parts}")
+    lines += _valid_markdown(records)
+    lines += _new_items_markdown(records)
     lines.append("\nServing cost:")
     for r in records:
         if r["task"] == "speed":
@@ -385,6 +753,57 @@ def _markdown(records: list[dict]) -> str:
                 f"{m['score_ms_backbone']:.1f} ms = {m['serving_cost_ratio']:.2f}x ({r['note']})"
             )
     return "\n".join(lines) + "\n"
+
+
+def _pm(d: dict, m: str) -> str:
+    return f"{d[m]:.4f} ± {d[f'{m}_std']:.4f}" if m in d else "–"
+
+
+def _preset_of(r: dict) -> str:
+    return (r.get("config") or {}).get("preset") or "–"
+
+
+def _valid_markdown(records: list[dict]) -> list[str]:
+    """pad.md's validation table: what the PAD default is chosen on (``--choose-default``)."""
+    rows = [r for r in records if r["task"] == "accuracy" and "valid" in r]
+    if not rows:
+        return []
+    lines = [
+        "\nValidation users (leave-one-out validation item, full ranking, history masked; the best-on-validation "
+        "model), mean ± std over seeds; the PAD default is chosen on these (`bench_pad.py --choose-default`):\n",
+        "| dataset | model | preset | seeds | valid HR@10 | valid NDCG@10 | valid cold NDCG@10 | valid warm NDCG@10 |",
+        "|---" * 8 + "|",
+    ]
+    for r in rows:
+        v, g = r["valid"]["metrics"], r["valid"]["groups"]
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {_preset_of(r)} | {len(r['seeds'])} | {_pm(v, 'HR@10')} | "
+            f"{_pm(v, 'NDCG@10')} | {_pm(g.get('cold', {}), 'NDCG@10')} | {_pm(g.get('warm', {}), 'NDCG@10')} |"
+        )
+    return lines
+
+
+def _new_items_markdown(records: list[dict]) -> list[str]:
+    """pad.md's new-item section: users whose target was held out of training entirely."""
+    rows = [r for r in records if r["task"] == "newitems"]
+    if not rows:
+        return []
+    lines = [
+        "\nNew items (protocol full-newitems): a seeded share of the items held out of training entirely (the same "
+        "items for every model of a seed), added afterwards from their text; test users whose last item is one of "
+        "them, ranked against every item, history masked; mean ± std over seeds. A model that cannot add items "
+        "ranks them last.\n",
+        "| dataset | model | preset | share | seeds | held-out items | users (per seed) | HR@10 | NDCG@10 |",
+        "|---" * 9 + "|",
+    ]
+    for r in rows:
+        m = r["metrics"]
+        users = "/".join(map(str, r.get("users", [])))
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {_preset_of(r)} | {r['share']:g} | {len(r['seeds'])} | "
+            f"{r['held_items']} | {users} | {_pm(m, 'HR@10')} | {_pm(m, 'NDCG@10')} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -350,3 +350,162 @@ def test_gate_lr_moves_the_gates_alone(pad_run, toy, tmp_path):
     assert moved[None] < 1e-6 < 1e-3 < moved[0.05]
     with pytest.raises(ValueError, match="gate_lr"):
         PAD(params={"gate_lr": 0})
+
+
+# -- bench/bench_pad.py: validation numbers, new items, choosing the default on validation users -----------------
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_pad.py"
+    spec = importlib.util.spec_from_file_location("bench_pad_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _made(bench, dataset, preset, valid, backbone_valid, test=0.1, preset_in_config=True):
+    """A hand-made accuracy record: ``valid``/``backbone_valid`` are (overall, cold) validation NDCG@10 per seed."""
+    per_seed = []
+    for seed, ((v, vc), (b, bc)) in enumerate(zip(valid, backbone_valid, strict=True)):
+        per_seed.append({
+            "seed": seed, "NDCG@10": test, "groups": {},
+            "valid": {"NDCG@10": v, "groups": {"cold": {"NDCG@10": vc}}},
+            "backbone_valid": {"NDCG@10": b, "groups": {"cold": {"NDCG@10": bc}}},
+        })  # fmt: skip
+    config = {"backbone": "sasrec", "preset": preset} if preset_in_config else {"backbone": "sasrec"}
+    return {"task": "accuracy", "dataset": dataset, "model": bench.pad_name("sasrec", preset), "config": config,
+            "seeds": list(range(len(valid))), "per_seed": per_seed, "metrics": {"NDCG@10": test}}  # fmt: skip
+
+
+def test_choose_default_uses_validation_numbers_not_test_numbers(bench):
+    bb = [(0.10, 0.020), (0.12, 0.030)]  # the backbone of seeds 0 and 1: mean 0.11, cold mean 0.025
+    records = [
+        # paper: +5% valid overall on both datasets, best on TEST
+        _made(bench, "ml-1m", "paper", [(0.105, 0.021), (0.126, 0.0315)], bb, test=0.30),
+        _made(bench, "amazon-beauty", "paper", [(0.105, 0.021), (0.126, 0.0315)], bb, test=0.30),
+        # simfrozen: +10% (ml-1m) and +20% (beauty) on validation, worse on test
+        _made(bench, "ml-1m", "simfrozen", [(0.11, 0.03), (0.132, 0.03)], bb, test=0.20),
+        _made(bench, "amazon-beauty", "simfrozen", [(0.12, 0.03), (0.144, 0.03)], bb, test=0.20),
+        # other backbones and tasks are not read
+        {"task": "speed", "dataset": "ml-1m", "model": "pad-sasrec", "metrics": {}},
+    ]
+    by_test = max(("paper", "simfrozen"), key=lambda p: records[0 if p == "paper" else 2]["metrics"]["NDCG@10"])
+    assert by_test == "paper"
+    choice = bench.choose_default(records)
+    assert choice["winner"] == "simfrozen"
+    sim = choice["presets"]["simfrozen"]
+    # ratio of the seed means against the seed-paired backbone: (0.11 + 0.132) / (0.10 + 0.12) - 1 = +10%
+    assert sim["datasets"]["ml-1m"]["rel"] == pytest.approx(0.10)
+    assert sim["datasets"]["amazon-beauty"]["rel"] == pytest.approx(0.20)
+    assert sim["score"] == pytest.approx(0.15) and sim["datasets"]["ml-1m"]["rel_cold"] == pytest.approx(0.2)
+    assert choice["presets"]["paper"]["score"] == pytest.approx(0.05)
+    table = bench.choice_table(choice)
+    assert "winner: simfrozen" in table and "+15.0%" in table
+
+    # simfrozen losing on cold validation items of one dataset is out, however good overall
+    records[3] = _made(bench, "amazon-beauty", "simfrozen", [(0.12, 0.02), (0.144, 0.02)], bb, test=0.20)
+    choice = bench.choose_default(records)
+    assert not choice["presets"]["simfrozen"]["eligible"] and choice["winner"] == "paper"
+    # nobody holds up on cold items: no winner, and the table says so
+    records[1] = _made(bench, "amazon-beauty", "paper", [(0.2, 0.01), (0.2, 0.01)], bb)
+    choice = bench.choose_default(records)
+    assert choice["winner"] is None and "winner: none" in bench.choice_table(choice)
+
+
+def test_choose_default_refuses_without_validation_numbers(bench):
+    bb = [(0.10, 0.02)]
+    good = [_made(bench, d, p, [(0.11, 0.021)], bb) for d in ("ml-1m", "amazon-beauty") for p in ("paper", "simfrozen")]
+    assert bench.choose_default(good)["winner"] == "paper"  # a tie goes to the preset listed first
+    # one seed of one record without validation numbers: no choice at all, and the message says which
+    missing = [dict(r) for r in good]
+    missing[3] = {**missing[3], "per_seed": [{k: v for k, v in s.items() if k != "valid"} for s in good[3]["per_seed"]]}
+    with pytest.raises(SystemExit, match=r"validation numbers are missing\n  amazon-beauty pad-sasrec-simfrozen: no"):
+        bench.choose_default(missing)
+    # a record of the bench before validation numbers existed (test numbers only, no preset)
+    legacy = {k: v for k, v in good[0].items() if k != "per_seed"}
+    legacy["config"] = {"backbone": "sasrec"}
+    with pytest.raises(SystemExit, match=r"ml-1m pad-sasrec: no validation numbers .*not made with --presets paper"):
+        bench.choose_default([legacy, *good[1:]])
+    # a preset measured on one dataset only is not compared; none on both: refused
+    with pytest.raises(SystemExit, match="no preset has sasrec records on every one of ml-1m, amazon-beauty"):
+        bench.choose_default([r for r in good if r["dataset"] == "ml-1m"])
+
+
+@pytest.mark.slow
+def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
+    """The bench end to end on ml-100k with tiny training: two presets on one backbone, then the new-item protocol,
+    into a results folder of its own (bench/results is never touched)."""
+    import json
+
+    from conftest import needs_data
+
+    from padrec.data.registry import load_dataset
+    from padrec.eval.evaluator import Evaluator
+
+    needs_data("ml-100k")
+    results, work = tmp_path / "results", tmp_path / "work"
+    fast = ["max_epochs=1", "limit_train_batches=3", "backbone.max_epochs=1", "backbone.limit_train_batches=3",
+            "backbone.max_len=20", "backbone.d=16", "backbone.n_layers=1"]  # fmt: skip
+    where = ["--results", str(results), "--work", str(work), "--dataset", "ml-100k", "--seeds", "0"]
+    bench.main([*where, "--presets", "paper", "simfrozen", "--", *fast])
+    bench.main([*where, "--presets", "simfrozen", "--new-items", "0.1", "--", *fast])
+
+    records = json.loads((results / "pad.json").read_text())["records"]
+    acc = {r["model"]: r for r in records if r["task"] == "accuracy"}
+    assert set(acc) == {"sasrec", "pad-sasrec", "pad-sasrec-simfrozen"}
+    base = acc["sasrec"]["per_seed"][0]
+    for name, preset in (("pad-sasrec", "paper"), ("pad-sasrec-simfrozen", "simfrozen")):
+        rec = acc[name]
+        assert rec["config"]["preset"] == preset and rec["seeds"] == [0]
+        assert rec["config"]["overrides"]["max_epochs"] == 1
+        assert rec["valid"]["stage"] == "valid" and "NDCG@10" in rec["valid"]["metrics"]
+        assert {"cold", "warm"} <= set(rec["valid"]["groups"])
+        seed = rec["per_seed"][0]
+        assert seed["epochs"]["pretrain"]["epochs"] == seed["epochs"]["pad"]["epochs"] == 1
+        assert seed["backbone_valid"] == base["valid"]  # both presets were built on the one backbone
+    assert acc["pad-sasrec-simfrozen"]["config"]["overrides"]["freeze"] == ["collab", "aligned"]
+    # the stored validation numbers are the Evaluator's on the validation users of the final backbone
+    from padrec.data.split import leave_one_out
+
+    split = leave_one_out(load_dataset("ml-100k"))
+    again = Evaluator(split).run(Recommender.load(work / "ml-100k" / "sasrec-seed0" / "pretrain"), stage="valid")
+    assert base["valid"]["NDCG@10"] == pytest.approx(again.overall["NDCG@10"])
+    assert base["valid"]["groups"]["cold"]["users"] == again.groups["cold"]["users"]
+    assert not (work / "ml-100k" / "sasrec-simfrozen-seed0" / "pretrain" / "checkpoints").exists()  # copied
+
+    new = {r["model"]: r for r in records if r["task"] == "newitems"}
+    assert set(new) == {"sasrec", "pad-sasrec-simfrozen"}
+    for rec in new.values():
+        assert rec["protocol"] == "full-newitems" and rec["share"] == 0.1 and rec["seeds"] == [0]
+        assert rec["held_items"] == 168 and rec["users"][0] > 50 and "NDCG@10" in rec["valid"]["metrics"]
+    assert new["sasrec"]["metrics"]["HR@10"] == 0.0 and new["sasrec"]["per_seed"][0]["scorable"] == 0
+    assert new["pad-sasrec-simfrozen"]["per_seed"][0]["scorable"] == new["pad-sasrec-simfrozen"]["users"][0]
+
+    md = (results / "pad.md").read_text()
+    assert "Validation users" in md and "| ml-100k | pad-sasrec-simfrozen | simfrozen | 1 |" in md
+    assert "New items (protocol full-newitems)" in md and "| ml-100k | sasrec | – | 0.1 | 1 | 168 |" in md
+    assert (results / "pad_ml-100k.png").exists()
+    with pytest.raises(SystemExit, match="no preset has sasrec records"):
+        bench.main(["--choose-default", "--results", str(results)])
+
+
+def test_bench_refuses_a_run_directory_made_with_other_settings(bench, tmp_path):
+    """Finished stages are reused as they are: a run directory of other settings must not pass for this call's."""
+    import json
+
+    run = tmp_path / "sasrec-simfrozen-seed0"
+    run.mkdir()
+    (run / "pad.json").write_text(json.dumps({"overrides": {"seed": 0, "lr": 0.01}}))
+    bench._prepare_run_dir(run, None, {"seed": 0, "lr": 0.01})  # the same settings: reused
+    with pytest.raises(SystemExit, match="made with other settings"):
+        bench._prepare_run_dir(run, None, {"seed": 0, "experts": ["collab", "aligned", "similarity"]})
+    assert bench.pad_name("sasrec", "paper") == "pad-sasrec" and bench.pad_name("gru4rec", "simfrozen", "x") == (
+        "pad-gru4rec-simfrozen-x"
+    )
+    assert bench._run_dir(tmp_path, "ml-1m", "sasrec", "pad-sasrec", 2, 0.05) == (
+        tmp_path / "ml-1m" / "newitems0.05" / "sasrec-seed2"
+    )

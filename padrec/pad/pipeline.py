@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from padrec.data.split import Split
+from padrec.data.split import Split, Stage
 from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.results import Results
@@ -233,8 +233,10 @@ def run_pad(
     return out
 
 
-def evaluate_stages(out: PADRun, split: Split) -> dict[str, Results]:
-    """Test results of every model of a run, labelled as in the table: backbone, aligned, text-only, pad-BACKBONE."""
+def evaluate_stages(out: PADRun, split: Split, stage: Stage = "test") -> dict[str, Results]:
+    """Results of every model of a run on ``stage``'s users (``"test"``, or ``"valid"``: the validation item
+    early stopping watched, same full ranking with the history masked), labelled as in the table: backbone,
+    aligned, text-only, pad-BACKBONE."""
     ev = Evaluator(split, Protocol())
     backbone = out.backbone.name
     results = {}
@@ -245,7 +247,7 @@ def evaluate_stages(out: PADRun, split: Split) -> dict[str, Results]:
         (f"pad-{backbone}", out.pad),
     ):
         if model is not None:
-            results[label] = ev.run(model, stage="test")
+            results[label] = ev.run(model, stage=stage)
             results[label].model = label
     return results
 
@@ -306,6 +308,17 @@ def alignment_concordance(
         "random": [x / (len(seen) - 1) for x in ks],
     }  # fmt: skip
     return {"items": len(seen), "k": k, "before": before, "after": after, "curve": curve}
+
+
+def new_item_text(ns: Any, encoder: str = "minilm") -> tuple[np.ndarray, np.ndarray]:
+    """Text vectors for the new-item protocol from one embedding of ``ns.full``'s whole catalogue: every row of
+    ``ns.full`` (the held-out items' rows are added afterwards), and the rows of ``ns.train``'s items in its own
+    id order (the table a run on ``ns.train`` trains with)."""
+    from padrec.text import embed_items
+
+    full = embed_items(ns.full, encoder=encoder).vectors
+    rows = np.concatenate([[0], ns.full.to_internal(ns.train.dataset.item_ids[1:])])
+    return full, full[rows]
 
 
 def new_item_results(
