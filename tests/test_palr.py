@@ -389,3 +389,41 @@ def test_cli_profiles_rule_based_json(tmp_path):
     out = json.loads(CliRunner().invoke(app, args).stdout)
     assert out["made"] == 30 and out["rule-based"] == 30 and out["lm"] == 0
     assert json.loads(CliRunner().invoke(app, args).stdout)["made"] == 0  # cached
+
+
+def test_instruction_data_records_what_it_was_built_from(tmp_path, toy):
+    from padrec.palr.finetune import DONE_FILE
+    from padrec.palr.pipeline import build_data, check_stages
+    from padrec.train.config import ConfigError
+
+    ds, _ = toy
+    split = leave_one_out(ds)
+    cfg = PALRConfig(user_fraction=0.5, label_len=2, n_recommend=3, min_input=1, train_candidates=6, progress=False)
+    meta, reused = build_data(split, tmp_path, cfg)
+    assert not reused and meta["dataset"] == "ml-toy" and meta["n_items"] == 12
+    assert meta["retrieval_format"] == "titles" and len(meta["data_fingerprint"]) == 16
+    assert build_data(split, tmp_path, cfg)[1]  # the same data and options: reused
+    meta_path = tmp_path / "data" / "meta.json"
+    old = {k: v for k, v in meta.items() if k not in ("data_fingerprint", "n_items", "retrieval_format")}
+    meta_path.write_text(json.dumps(old))  # as written before fingerprints: compared by the data's shape
+    assert build_data(split, tmp_path, cfg)[1]
+    meta_path.write_text(json.dumps({**old, "dataset_shape": [12, 12, 1]}))
+    with pytest.raises(ConfigError, match=r"older than the data: .* \(users/items/interactions 12/12/1 then"):
+        build_data(split, tmp_path, cfg)
+    meta_path.write_text(json.dumps(meta))
+    # the same name and size, other interactions: refused, with how to rebuild
+    other = leave_one_out(toy_movies(n_users=13))
+    with pytest.raises(ConfigError, match=r"is older than the data: dataset 'ml-toy' changed since .* build-data"):
+        build_data(other, tmp_path, cfg)
+    with pytest.raises(ConfigError, match=r"holds titles-format ranking examples .* mode=verbalizer trains labelled"):
+        build_data(split, tmp_path, cfg.model_copy(update={"mode": "verbalizer"}))
+    # a finished fine-tuning is only reused with the instruction data it was trained on
+    ft = tmp_path / "finetune"
+    ft.mkdir()
+    record = {k: meta[k] for k in ("dataset", "n_items", "data_fingerprint", "retrieval_format")}
+    summary = {"path": str(ft / "adapter"), "config": cfg.model_dump(mode="json"), "data": record}
+    (ft / DONE_FILE).write_text(json.dumps(summary))
+    check_stages(split, tmp_path, cfg)
+    (ft / DONE_FILE).write_text(json.dumps({**summary, "data": {**record, "data_fingerprint": "0" * 16}}))
+    with pytest.raises(ConfigError, match=r"was trained on other instruction data .* delete"):
+        check_stages(split, tmp_path, cfg)

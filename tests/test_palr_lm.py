@@ -224,7 +224,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(tiny_dir, tmp_path):
     saved = json.loads((tmp_path / "eval" / "palr-v2-test.json").read_text())
     assert saved["results"]["model"] == "palr-v2" and "note" in saved
     again = run_palr(split, tmp_path, cfg)
-    assert again.skipped == ["data", "finetune"]
+    assert again.skipped == ["data", "finetune", "ranking"]  # every user's ranking is in the ranking cache
+    assert again.evaluation.palr["resumed_users"] == 4
     assert again.evaluation.results.overall == pytest.approx(run.evaluation.results.overall)
 
 
@@ -249,9 +250,13 @@ def test_cli_run_then_evaluate_json(tiny_dir, tmp_path):
     res = CliRunner().invoke(app, ["palr", "evaluate", *run, "--max-users", "2", "--zero-shot", *small, "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["results"]["model"] == "palr-zeroshot"
-    bad = CliRunner().invoke(app, ["palr", "evaluate", "--dataset", "ml-100k", "--run-dir", str(tmp_path / "new")])
+    new = ["palr", "evaluate", "--dataset", "ml-100k", "--run-dir", str(tmp_path / "new"), "--retriever", "pop"]
+    bad = CliRunner().invoke(app, new)
     assert bad.exit_code == 2 and "no finished fine-tuning" in bad.output
-    missing = CliRunner().invoke(app, ["palr", "evaluate", *run[:4], "--lm", str(tmp_path / "nope"), "--zero-shot"])
+    assert not (tmp_path / "new").exists()  # refused before anything was written
+    missing = CliRunner().invoke(
+        app, ["palr", "evaluate", *run[:4], "--lm", str(tmp_path / "nope"), *run[6:], "--zero-shot"]
+    )
     assert missing.exit_code == 2 and f"no such file or directory {tmp_path / 'nope'}" in missing.output
 
 
@@ -309,3 +314,116 @@ def test_verbalizer_mode_ranks_every_candidate_in_one_pass(tiny_dir):
     p = ev.palr
     assert ev.results.n_users == 4 and p["fallback_items"] == 0 and p["model_items"] == 12
     assert p["hallucinations"] == 0 and "ranking: verbalizer" in ev.note
+
+
+# -- resuming a killed ranking -------------------------------------------------------------------------
+def test_killed_ranking_resumes_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
+    import padrec.palr.lm as lm_mod
+    from padrec.palr.profile import read_jsonl
+
+    split = leave_one_out(toy_movies())
+    cfg = PALRConfig(n_candidates=5, n_recommend=3, max_users=6, progress=False)  # likelihood: one LM call per user
+    lm = load_causal_lm(str(tiny_dir))
+    pop = Pop().fit(split)
+    whole = evaluate_palr(split, cfg, lm, "palr-x", run_dir=tmp_path / "whole", retriever=pop)
+
+    real, calls, stop = lm_mod.continuation_logprobs, [], {"after": 2}
+
+    def counted(lm_, prefix, *args, **kwargs):  # the LM work per user, killed after `after` users
+        if stop["after"] is not None and len(calls) >= stop["after"]:
+            raise KeyboardInterrupt
+        calls.append(prefix)
+        return real(lm_, prefix, *args, **kwargs)
+
+    monkeypatch.setattr(lm_mod, "continuation_logprobs", counted)
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_palr(split, cfg, lm, "palr-x", run_dir=run, retriever=pop)
+    [log] = (run / "eval").glob("palr-x-test.ranking-*.jsonl")
+    assert len(read_jsonl(log)) == 2  # the two finished users were written before the kill
+    killed_prompts = set(calls)
+    calls.clear()
+    stop["after"] = None
+    resumed = evaluate_palr(split, cfg, lm, "palr-x", run_dir=run, retriever=pop)
+    assert len(calls) == 4 and not set(calls) & killed_prompts  # finished users are not ranked again
+    assert resumed.palr["resumed_users"] == 2 and whole.palr["resumed_users"] == 0
+    assert resumed.results.overall == pytest.approx(whole.results.overall)
+    assert resumed.results.groups == whole.results.groups  # the same ranks, so the same numbers exactly
+    same = ("model_items", "fallback_items", "outputs", "hallucinations", "users")
+    assert {k: resumed.palr[k] for k in same} == {k: whole.palr[k] for k in same}
+    assert resumed.examples == whole.examples
+    # a kill in the middle of an append leaves a torn last line: dropped, only that user is ranked again
+    raw = log.read_bytes()
+    log.write_bytes(raw[: len(raw) - 20])
+    calls.clear()
+    again = evaluate_palr(split, cfg, lm, "palr-x", run_dir=run, retriever=pop)
+    assert len(calls) == 1 and again.palr["resumed_users"] == 5
+    assert again.results.overall == pytest.approx(whole.results.overall)
+    # other ranking options (or another model) use another file: nothing is mixed
+    evaluate_palr(split, cfg.model_copy(update={"n_recommend": 2}), lm, "palr-x", run_dir=run, retriever=pop)
+    assert len(list((run / "eval").glob("palr-x-test.ranking-*.jsonl"))) == 2
+
+
+# -- the verbalizer is trained on what it reads ----------------------------------------------------------
+def _labelled_examples(tasks=("recommend", "recommend_retrieval")):
+    from padrec.palr.instructions import build_examples
+
+    split = leave_one_out(toy_movies())
+    cat = ItemCatalog.from_dataset(split.dataset)
+    cfg = PALRConfig(mode="verbalizer", tasks=tasks, user_fraction=1.0, min_input=1, label_len=2, n_recommend=3,
+                     train_candidates=6, progress=False)  # fmt: skip
+    return split, cat, build_examples(split, cat, cfg)
+
+
+def test_verbalizer_examples_target_the_label_token_the_ranker_reads(tiny_dir):
+    from padrec.palr.lm import label_token_ids
+    from padrec.palr.prompts import LABELS, VERBALIZER_PREFIX, labelled_retrieval_prompt
+
+    split, cat, examples = _labelled_examples()
+    retrieval = [e for e in examples if e["task"] == "recommend_retrieval"]
+    assert len(retrieval) == 12 and all(e["format"] == "labelled" for e in retrieval)
+    assert all("answer_prefix" not in e for e in examples if e["task"] == "recommend")  # titles, as before
+    lm = load_causal_lm(str(tiny_dir))
+    rows, _ = tokenize_examples(lm, retrieval, 4096)
+    ix = split.dataset.item_index
+    labels_seen = set()
+    for e, (ids, labels) in zip(retrieval, rows, strict=True):
+        assert e["answer"] in LABELS and e["answer_prefix"] == VERBALIZER_PREFIX
+        assert e["candidates"][LABELS.index(e["answer"])] == e["target"] == e["label"][0]  # the next item's label
+        assert not set(e["label"][1:]) & set(e["candidates"])  # later items are never a wrong answer
+        cands = [ix[c] for c in e["candidates"]]
+        assert f"[{e['answer']}] {cat.render(ix[e['target']])}" in e["prompt"]
+        assert e["prompt"].endswith(labelled_retrieval_prompt(cat, [ix[i] for i in e["input"]], None, cands)[-200:])
+        # the model reads exactly the verbalizer ranker's text and is trained on exactly the token it scores
+        head = lm.encode(lm.wrap(e["prompt"]) + VERBALIZER_PREFIX)
+        assert ids[: len(head)] == head and set(labels[: len(head)]) == {-100}
+        assert [t for t in labels if t != -100] == label_token_ids(lm, [e["answer"]], VERBALIZER_PREFIX)
+        labels_seen.add(e["answer"])
+    assert len(labels_seen) > 1  # shuffled candidates: the answer is not always [A]
+
+
+def test_lora_on_verbalizer_examples_raises_the_true_label(tiny_dir, tmp_path):
+    from padrec.palr.lm import label_token_ids, next_token_logits
+    from padrec.palr.prompts import LABELS, VERBALIZER_PREFIX
+
+    _, _, examples = _labelled_examples(tasks=("recommend_retrieval",))
+    e = examples[0]
+    base = load_causal_lm(str(tiny_dir))
+    ids = label_token_ids(base, LABELS[: len(e["candidates"])], VERBALIZER_PREFIX)
+    k = LABELS.index(e["answer"])
+    text = base.wrap(e["prompt"]) + VERBALIZER_PREFIX  # what the verbalizer ranker reads
+
+    def label_logprobs(lm) -> np.ndarray:
+        return next_token_logits(lm, [text], ids)[0]
+
+    before = label_logprobs(base)
+    assert before.argmax() != k  # the random model does not pick the true item
+    cfg = PALRConfig(method="lora", lr=0.02, max_steps=6, max_epochs=100, batch_size=4, lora_targets=ALL_LINEAR,
+                     accelerator="cpu", progress=False)  # fmt: skip
+    tuned, summary = finetune(load_causal_lm(str(tiny_dir)), [e] * 8, cfg, tmp_path)  # a few steps on one example
+    after = label_logprobs(tuned)
+    assert summary["steps"] == 6
+    # (a 32-wide random model's output layer caps how far a log-probability can move: small margins)
+    assert after[k] > before[k] + 0.3, (before, after)
+    among = after - np.logaddexp.reduce(after)
+    assert among.argmax() == k and among[k] > before[k] - np.logaddexp.reduce(before) + 0.3, (before, after)

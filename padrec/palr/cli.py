@@ -45,14 +45,22 @@ def _setup(
     run_dir: Path | None,
     own: OwnData | None = None,
     quiet: bool = False,
+    *,
+    command: str,
+    zero_shot: bool = False,
     **flags: Any,
 ) -> tuple[Any, Path, Any]:
     """(split, run dir, config) from the options; writes ``dataset.json`` into the run dir.
 
-    ``own``: the values of ``--items`` and the column options."""
+    Every check that can refuse the command runs first, before any model loads or anything is written: the
+    config, the retriever (a name or a run trained on this dataset's items), the language model(s) the
+    ``command`` will load, and the finished stages it would reuse (instruction data of this dataset, data and
+    format; fine-tuning with the same options). ``own``: the values of ``--items`` and the column options."""
     from padrec.cli_options import DataRef, announce_new_items
     from padrec.data.split import leave_one_out
     from padrec.palr.config import load_palr_config
+    from padrec.palr.lm import check_lm
+    from padrec.palr.pipeline import check_stages
     from padrec.palr.retrieval import check_retriever
     from padrec.train.config import parse_overrides
 
@@ -73,12 +81,46 @@ def _setup(
     if overrides.get("max_users") == 0:
         overrides["max_users"] = None
     cfg = _run(lambda: load_palr_config(ds.name, overrides))
-    _run(lambda: check_retriever(cfg.retriever))  # a bad retriever fails before any LM loads or anything is written
+    ranks = command in ("evaluate", "run")
+    # a bad retriever fails before any LM loads or anything is written; one that ranks is checked against the data
+    _run(lambda: check_retriever(cfg.retriever, ds if ranks else None))
     run_dir = run_dir or Path("runs") / ds.name / "palr"
+    if run_dir.exists() and not run_dir.is_dir():
+        _fail(f"--run-dir {run_dir}: exists and is not a directory")
+    split = leave_one_out(ds)
+    tuned = _tuned(run_dir)
+    if command == "evaluate" and not zero_shot and tuned is None:
+        _fail(f"{run_dir} has no finished fine-tuning: run `padrec palr finetune` first, or pass --zero-shot")
+    for spec in _models_to_load(command, cfg, tuned, zero_shot):
+        _run(lambda spec=spec: check_lm(spec))
+    if command in ("build-data", "finetune") or (command == "run" and not zero_shot):
+        _run(lambda: check_stages(split, run_dir, cfg, finetune=command != "build-data"))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not stored:
         ref.write(run_dir, ds)
-    return leave_one_out(ds), run_dir, cfg
+    return split, run_dir, cfg
+
+
+def _tuned(run_dir: Path) -> Path | None:
+    from padrec.palr.finetune import finetuned_path
+
+    try:
+        return finetuned_path(run_dir / "finetune")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # an unreadable finetune.json: the stage counts as not finished
+
+
+def _models_to_load(command: str, cfg: Any, tuned: Path | None, zero_shot: bool) -> list[str]:
+    """The language models ``command`` will load (so a missing one fails before any expensive work)."""
+    profiles_lm = [cfg.lm] if cfg.profile == "lm" else []
+    if command in ("build-data", "profiles"):
+        return profiles_lm
+    if zero_shot:
+        return [cfg.lm]
+    if command == "evaluate":
+        return [str(tuned)]
+    # finetune / run: the base model is trained unless the fine-tuning is finished, then that one is loaded
+    return [cfg.lm] if tuned is None else [*profiles_lm, str(tuned)]
 
 
 @palr_app.command("build-data", context_settings=_CTX)
@@ -101,6 +143,7 @@ def build_data_cmd(
         dataset,
         data_dir,
         run_dir,
+        command="build-data",
         own=own,
         quiet=quiet or as_json,
         lm=lm,
@@ -141,6 +184,7 @@ def profiles_cmd(
         dataset,
         data_dir,
         run_dir,
+        command="profiles",
         own=own,
         quiet=quiet or as_json,
         lm=lm,
@@ -208,6 +252,7 @@ def finetune_cmd(
         dataset,
         data_dir,
         run_dir,
+        command="finetune",
         own=own,
         quiet=quiet or as_json,
         lm=lm,
@@ -248,6 +293,8 @@ def evaluate_cmd(
         dataset,
         data_dir,
         run_dir,
+        command="evaluate",
+        zero_shot=zero_shot,
         own=own,
         quiet=quiet or as_json,
         lm=lm,
@@ -255,9 +302,7 @@ def evaluate_cmd(
         mode=mode,
         max_users=max_users,
     )
-    tuned = None if zero_shot else finetuned_path(run_dir / "finetune")
-    if not zero_shot and tuned is None:
-        _fail(f"{run_dir} has no finished fine-tuning: run `padrec palr finetune` first, or pass --zero-shot")
+    tuned = None if zero_shot else finetuned_path(run_dir / "finetune")  # there is one: _setup checked
     model = _run(lambda: load_causal_lm(str(tuned) if tuned else cfg.lm))
     ev = _run(lambda: evaluate_palr(split, cfg, model, palr_label(cfg, tuned is not None), run_dir))
     typer.echo(json.dumps(ev.to_dict(), indent=2) if as_json else ev.table())
@@ -289,6 +334,8 @@ def run_cmd(
         dataset,
         data_dir,
         run_dir,
+        command="run",
+        zero_shot=zero_shot,
         own=own,
         quiet=quiet or as_json,
         lm=lm,

@@ -9,7 +9,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from padrec.train.config import ConfigError, Strict, validation_message
 
@@ -73,6 +73,19 @@ class PALRConfig(Strict):
     max_users: int | None = Field(default=200, ge=1)  # None = every user (slow with a real LM on CPU)
     users_seed: int = 0
     stage: Literal["valid", "test"] = "test"
+
+    @model_validator(mode="after")
+    def _verbalizer_labels(self) -> PALRConfig:
+        from padrec.palr.prompts import LABELS
+
+        if self.mode == "verbalizer":
+            for key in ("n_candidates", "train_candidates"):
+                if getattr(self, key) > len(LABELS):
+                    raise ValueError(
+                        f"mode=verbalizer labels at most {len(LABELS)} candidates ([A]..[z]), "
+                        f"got {key}={getattr(self, key)}"
+                    )
+        return self
 
 
 def load_palr_config(dataset: str | None = None, overrides: dict[str, Any] | None = None) -> PALRConfig:

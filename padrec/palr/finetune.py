@@ -39,12 +39,24 @@ def tokenize_examples(
 ) -> tuple[list[tuple[list[int], list[int]]], int]:
     """``(input_ids, labels)`` per example (labels -100 on the prompt) and how many prompts were cut.
 
+    An example with an ``answer_prefix`` (the verbalizer's ``"["``) is read as ``wrap(prompt) + answer_prefix``,
+    exactly the text the verbalizer ranker scores, and its targets are the answer's tokens as they follow that
+    text (the label token), with no end-of-sequence token: the loss is on the very token the ranker reads.
+    Other answers are encoded alone and end with the end-of-sequence token.
     An over-long example loses prompt tokens from the left; the answer is always kept whole.
     """
     out, cut = [], 0
     for e in examples:
-        p = lm.encode(lm.wrap(e["prompt"]))
-        a = [*lm.encode(e["answer"]), lm.eos_id]
+        prefix = e.get("answer_prefix")
+        if prefix is None:
+            p = lm.encode(lm.wrap(e["prompt"]))
+            a = [*lm.encode(e["answer"]), lm.eos_id]
+        else:
+            head = lm.wrap(e["prompt"]) + prefix
+            p, full = lm.encode(head), lm.encode(head + e["answer"])
+            if full[: len(p)] != p or len(full) == len(p):
+                raise ValueError(f"answer {e['answer']!r} does not tokenize on its own after {prefix!r} for {lm.spec}")
+            a = full[len(p) :]
         a = a[:max_seq_len]
         room = max_seq_len - len(a)
         if len(p) > room:
@@ -137,9 +149,15 @@ def prepare_model(lm: CausalLM, cfg: PALRConfig) -> Any:
 
 
 def finetune(
-    lm: CausalLM, examples: Sequence[dict], cfg: PALRConfig, out_dir: str | Path, resume: bool = True
+    lm: CausalLM,
+    examples: Sequence[dict],
+    cfg: PALRConfig,
+    out_dir: str | Path,
+    resume: bool = True,
+    record: dict[str, Any] | None = None,
 ) -> tuple[CausalLM, dict[str, Any]]:
-    """Fine-tune ``lm`` on instruction ``examples``; returns the trained (merged, eval-mode) model and a summary."""
+    """Fine-tune ``lm`` on instruction ``examples``; returns the trained (merged, eval-mode) model and a summary
+    (``record`` is added to it, e.g. what the instruction data was built from)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not examples:
@@ -201,6 +219,7 @@ def finetune(
         "resumed": resumed,
         "prompt_version": PROMPT_VERSION,
         "config": cfg.model_dump(mode="json"),
+        **(record or {}),
     }
     atomic_write_text(out_dir / DONE_FILE, json.dumps(summary, indent=2))
     return CausalLM(merged, lm.tokenizer, str(saved)), summary

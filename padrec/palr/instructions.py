@@ -10,11 +10,18 @@ input. A label shorter than ``n_recommend`` is filled from co-occurrence neighbo
 items, hop by hop up to ``fill_hops`` (marked in ``filled``). With probability ``swap_prob`` one input
 item and one label item change places. *Recommend* asks for the label; *Recommend_Retrieval* shows
 ``train_candidates`` candidates = label + co-occurrence neighbours of the input (similar negatives)
-+ uniform random items, shuffled.
++ uniform random items, shuffled. With ``mode=verbalizer`` the *Recommend_Retrieval* examples use the
+verbalizer's format instead (:func:`retrieval_format`): candidates labelled ``[A] title`` (the next item +
+negatives, the later label items left out), ``answer_prefix`` ``"["`` and the next item's label as the answer.
+
+``meta.json`` records what the set was built from (:func:`instruction_identity`: dataset, ``n_items``, its
+shape, :func:`data_fingerprint`, prompt version, ranking format); :func:`stale_reason` says why a set does not
+fit (a set from before fingerprints is compared by the dataset's shape).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -29,13 +36,17 @@ from padrec.data.split import Split
 from padrec.palr.config import PALRConfig
 from padrec.palr.profile import ProfileStore, rule_based_profile
 from padrec.palr.prompts import (
+    LABELS,
     PROMPT_VERSION,
+    VERBALIZER_PREFIX,
     ItemCatalog,
     answer_text,
+    labelled_retrieval_prompt,
     profile_text,
     recommend_prompt,
     recommend_retrieval_prompt,
 )
+from padrec.progress import bar
 from padrec.utils import atomic_write_text
 
 DATA_FILE = "instructions.jsonl"
@@ -136,7 +147,8 @@ def build_examples(
     )
     ext = catalog.external_ids
     examples = []
-    for u, inp, label in example_windows(split, cfg, sample_training_users(split, cfg)):
+    windows = example_windows(split, cfg, sample_training_users(split, cfg))
+    for u, inp, label in bar(None, "instruction data", unit="user", enabled=cfg.progress, iterable=windows):
         inp, label = list(inp), list(label)
         if cfg.swap_prob > 0 and inp and label and rng.random() < cfg.swap_prob:
             a, b = int(rng.integers(len(inp))), int(rng.integers(len(label)))
@@ -165,7 +177,27 @@ def build_examples(
                     "answer": answer_text(catalog, answer),
                 }
             )
-        if "recommend_retrieval" in cfg.tasks:
+        if "recommend_retrieval" in cfg.tasks and retrieval_format(cfg) == "labelled":
+            # the verbalizer's task: candidates listed as "[A] title", the answer is the next item's label, the
+            # one token the verbalizer ranker reads after "["; the later label items are kept out of the candidates
+            target = answer[0]
+            cands = _training_candidates(
+                graph, rng, inp, [target], min(cfg.train_candidates, len(LABELS)), split.n_items, cfg.fill_hops,
+                exclude=answer,
+            )  # fmt: skip
+            examples.append(
+                {
+                    **base,
+                    "task": "recommend_retrieval",
+                    "format": "labelled",
+                    "candidates": [ext[i] for i in cands],
+                    "target": ext[target],
+                    "prompt": labelled_retrieval_prompt(catalog, inp, profile, cands),
+                    "answer_prefix": VERBALIZER_PREFIX,
+                    "answer": LABELS[cands.index(target)],
+                }
+            )
+        elif "recommend_retrieval" in cfg.tasks:
             cands = _training_candidates(graph, rng, inp, answer, cfg.train_candidates, split.n_items, cfg.fill_hops)
             examples.append(
                 {
@@ -187,10 +219,12 @@ def _training_candidates(
     size: int,
     n_items: int,
     hops: int,
+    exclude: Sequence[int] = (),
 ) -> list[int]:
-    """The answer + similar negatives (neighbours of the input) + uniform random items, shuffled."""
+    """The answer + similar negatives (neighbours of the input) + uniform random items, shuffled
+    (never an ``exclude`` item)."""
     size = max(size, len(answer))
-    taken = set(inp) | set(answer)
+    taken = set(inp) | set(answer) | set(exclude)
     negs = graph.expand(inp[-5:], taken, (size - len(answer) + 1) // 2, max(hops, 1))
     taken.update(negs)
     budget = size - len(answer) - len(negs)
@@ -218,9 +252,7 @@ def build_instruction_data(
     filled = sum(sum(e["filled"]) for e in examples)
     slots = sum(len(e["filled"]) for e in examples)
     meta = {
-        "prompt_version": PROMPT_VERSION,
-        "dataset": split.dataset.name,
-        "dataset_shape": [split.dataset.n_users, split.n_items, split.dataset.n_interactions],
+        **instruction_identity(split, catalog, cfg),
         "examples": len(examples),
         "users": len({e["user"] for e in examples}),
         "per_task": dict(Counter(e["task"] for e in examples)),
@@ -230,6 +262,67 @@ def build_instruction_data(
     }
     atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2))
     return meta
+
+
+def retrieval_format(cfg: PALRConfig) -> str:
+    """How the ranking task's examples are written: ``labelled`` (``[A] title`` candidates, the answer is one
+    label: what the verbalizer ranker reads) for ``mode=verbalizer``, else ``titles`` (a numbered title list)."""
+    return "labelled" if cfg.mode == "verbalizer" else "titles"
+
+
+def data_fingerprint(split: Split, catalog: ItemCatalog) -> str:
+    """Digest of everything instruction data is made from: the training prefixes, the item ids and their text."""
+    h = hashlib.sha256()
+    h.update(f"{split.n_items}|{len(split.train_offsets)}|".encode())
+    for arr in (split.train_offsets, split.train_items):
+        h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    for ext, text, attrs in zip(catalog.external_ids, catalog.texts, catalog.attributes, strict=True):
+        h.update(f"{ext}\0{text}\0{'|'.join(attrs)}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def instruction_identity(split: Split, catalog: ItemCatalog, cfg: PALRConfig) -> dict[str, Any]:
+    """What an instruction set was built from, recorded in its ``meta.json`` and compared on reuse."""
+    return {
+        "prompt_version": PROMPT_VERSION,
+        "dataset": split.dataset.name,
+        "n_items": int(split.n_items),
+        "dataset_shape": [int(split.dataset.n_users), int(split.n_items), int(split.dataset.n_interactions)],
+        "data_fingerprint": data_fingerprint(split, catalog),
+        "retrieval_format": retrieval_format(cfg),
+    }
+
+
+def stale_reason(meta: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """Why instruction data with ``meta`` does not fit the data/options ``now`` (an :func:`instruction_identity`)."""
+    if meta.get("dataset") != now["dataset"] or meta.get("n_items", now["n_items"]) != now["n_items"]:
+        shape = meta.get("dataset_shape") or [None, meta.get("n_items")]
+        n = meta.get("n_items", shape[1] if len(shape) > 1 else None)
+        had = f" ({n:,} items)" if isinstance(n, int) else ""
+        return f"was built for dataset {meta.get('dataset')!r}{had}, not {now['dataset']!r} ({now['n_items']:,} items)"
+    if meta.get("prompt_version") != now["prompt_version"]:
+        return f"uses prompt templates {meta.get('prompt_version')!r}, not the current {now['prompt_version']!r}"
+    if "data_fingerprint" in meta and meta["data_fingerprint"] != now["data_fingerprint"]:
+        return (
+            f"is older than the data: dataset {now['dataset']!r} changed since it was built "
+            f"(data fingerprint {meta['data_fingerprint']} then, {now['data_fingerprint']} now)"
+        )
+    if "data_fingerprint" not in meta:  # built by an older padrec: only the data's shape can be compared
+        shape = meta.get("dataset_shape")
+        if not isinstance(shape, list) or [int(x) for x in shape if isinstance(x, int | float)] != now["dataset_shape"]:
+            was = "unknown" if not isinstance(shape, list) else "/".join(map(str, shape))
+            return (
+                f"is older than the data: dataset {now['dataset']!r} changed since it was built "
+                f"(users/items/interactions {was} then, {'/'.join(map(str, now['dataset_shape']))} now)"
+            )
+    was = meta.get("retrieval_format", "titles")
+    if was != now["retrieval_format"]:
+        modes = {"labelled": "mode=verbalizer", "titles": "mode=likelihood or generation"}
+        return (
+            f"holds {was}-format ranking examples (for {modes[was]}), but {modes[now['retrieval_format']]} "
+            f"trains {now['retrieval_format']}-format ones"
+        )
+    return None
 
 
 def read_examples(out_dir: str | Path) -> list[dict[str, Any]]:

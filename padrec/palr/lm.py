@@ -184,6 +184,42 @@ def _save_converted(model: Any, tokenizer: Any, target: Path, stamp: dict) -> No
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_lm(spec: str) -> None:
+    """Fail fast (:class:`ModelNotFoundError`), before anything is loaded, on a spec that names nothing loadable.
+
+    Cheap: packages are located, not imported; a path is looked at, not read. ``hf:`` ids are not checked."""
+    spec = str(spec)
+    if spec == "smollm2":
+        smollm2_gguf()
+    elif spec in ("gemma3-270m", "gemma3"):
+        if importlib.util.find_spec(GEMMA_PACKAGE) is None:
+            gemma3_gguf()  # raises, naming the packages to install
+    elif not spec.startswith("hf:"):
+        kind, path = _local_kind(spec)
+        if kind == "adapter":
+            check_lm(_adapter_base(path))
+
+
+def _local_kind(spec: str) -> tuple[str, Path]:
+    """``("gguf" | "adapter" | "hf", path)`` of a local model spec, or :class:`ModelNotFoundError` naming it."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"language model {spec!r}: no such file or directory {path} "
+            "(expected 'smollm2', 'gemma3-270m', 'hf:<hub id>' or a local Hugging Face model directory)"
+        )
+    if path.is_file() and path.suffix == ".gguf":
+        return "gguf", path
+    if (path / "adapter_config.json").is_file():
+        return "adapter", path
+    if (path / "config.json").is_file():
+        return "hf", path
+    raise ModelNotFoundError(
+        f"language model {spec!r}: {path} holds neither config.json (a Hugging Face model) "
+        "nor adapter_config.json (a PEFT adapter)"
+    )
+
+
 def load_causal_lm(spec: str = "smollm2", dtype: Any = None, device: str | None = None) -> CausalLM:
     """Load ``spec`` (see the module docstring) in eval mode; ``dtype`` defaults to float32."""
     _offline()
@@ -202,38 +238,53 @@ def load_causal_lm(spec: str = "smollm2", dtype: Any = None, device: str | None 
         model = AutoModelForCausalLM.from_pretrained(spec[3:], dtype=dtype)
         tok = AutoTokenizer.from_pretrained(spec[3:])
     else:
-        path = Path(spec).expanduser()
-        if not path.exists():
-            raise ModelNotFoundError(
-                f"language model {spec!r}: no such file or directory {path} "
-                "(expected 'smollm2', 'gemma3-270m', 'hf:<hub id>' or a local Hugging Face model directory)"
-            )
-        if path.is_file() and path.suffix == ".gguf":
+        kind, path = _local_kind(spec)
+        if kind == "gguf":
             model, tok = _load_gguf(path, None, dtype)
-        elif (path / "adapter_config.json").is_file():
+        elif kind == "adapter":
             return _load_adapter(path, dtype, device)
-        elif (path / "config.json").is_file():
+        else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             tok = AutoTokenizer.from_pretrained(path)
-        else:
-            raise ModelNotFoundError(
-                f"language model {spec!r}: {path} holds neither config.json (a Hugging Face model) "
-                "nor adapter_config.json (a PEFT adapter)"
-            )
     return _finish(CausalLM(model, tok, spec), device)
+
+
+def _adapter_base(path: Path) -> str:
+    """The spec of the base model an adapter directory adapts."""
+    base_file = path / BASE_FILE
+    try:
+        if base_file.is_file():
+            base_spec = json.loads(base_file.read_text())["spec"]
+        else:
+            base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelNotFoundError(f"adapter {path}: cannot read which base model it adapts ({e})") from None
+    if not base_spec:
+        raise ModelNotFoundError(f"adapter {path}: cannot tell which base model it adapts ({BASE_FILE} missing)")
+    return str(base_spec)
+
+
+def model_fingerprint(lm: CausalLM, per_tensor: int = 256) -> str:
+    """A short digest of the weights (a strided sample of every parameter, so it is cheap for any size):
+    two trainings, or a model and its fine-tuned version, get different fingerprints."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in lm.model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // per_tensor)
+            h.update(f"{name}{tuple(p.shape)}".encode())
+            h.update(flat[::step][:per_tensor].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _load_adapter(path: Path, dtype: Any, device: str | None) -> CausalLM:
     from peft import PeftModel
 
-    base_file = path / BASE_FILE
-    if base_file.is_file():
-        base_spec = json.loads(base_file.read_text())["spec"]
-    else:
-        base_spec = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_spec:
-        raise ModelNotFoundError(f"adapter {path}: cannot tell which base model it adapts ({BASE_FILE} missing)")
-    base = load_causal_lm(base_spec, dtype=dtype)
+    base = load_causal_lm(_adapter_base(path), dtype=dtype)
     with peft_quiet():
         model = PeftModel.from_pretrained(base.model, path).merge_and_unload()
     tok = base.tokenizer

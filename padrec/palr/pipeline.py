@@ -2,13 +2,16 @@
 
 ``data/`` (instruction data, done when ``meta.json`` exists) → ``finetune/`` (done when
 ``finetune.json`` exists; an interrupted run resumes from ``checkpoints/last.ckpt``) → ``eval/``
-(one JSON per evaluated label and stage). ``profiles.jsonl`` caches user profiles across stages.
-A stage is only reused when the options it was made with match the current ones; otherwise the run
-stops with an error rather than mixing data from different settings.
+(one JSON per evaluated label and stage, plus ``<label>-<stage>.ranking-<digest>.jsonl``, the per-user
+ranking results a killed evaluation resumes from). ``profiles.jsonl`` caches user profiles across stages.
+A stage is only reused when it was made from the same data (dataset, data fingerprint, ranking format)
+and with the same options; otherwise the run stops with an error rather than mixing data from different
+settings. :func:`check_stages` runs these checks before any work (the CLI calls it first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,12 +25,21 @@ from padrec.eval.evaluator import Evaluator, model_label
 from padrec.eval.protocol import Protocol
 from padrec.eval.results import Results
 from padrec.palr.config import PALRConfig
-from padrec.palr.instructions import META_FILE, build_instruction_data, example_windows, read_examples
+from padrec.palr.instructions import (
+    META_FILE,
+    build_instruction_data,
+    data_fingerprint,
+    example_windows,
+    instruction_identity,
+    read_examples,
+    stale_reason,
+)
 from padrec.palr.instructions import sample_training_users as _training_users
 from padrec.palr.profile import ProfileStore
 from padrec.palr.prompts import PROMPT_VERSION, ItemCatalog
-from padrec.palr.rank import PALRRanker
+from padrec.palr.rank import PALRRanker, RankingCache
 from padrec.palr.retrieval import candidate_recall, load_retriever, sample_users
+from padrec.progress import bar
 from padrec.train.config import ConfigError
 from padrec.utils import atomic_write_text
 
@@ -92,18 +104,45 @@ def palr_label(cfg: PALRConfig, finetuned: bool) -> str:
 
 
 # -- stage 1: instruction data ------------------------------------------------------------------
-def build_data(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = None) -> tuple[dict, bool]:
-    """Instruction data in ``run_dir/data`` (reused when done with the same options); returns (meta, reused)."""
+def check_data_stage(
+    split: Split, run_dir: str | Path, cfg: PALRConfig, catalog: ItemCatalog | None = None
+) -> dict | None:
+    """The ``meta.json`` of ``run_dir/data`` when it exists and fits ``split`` and ``cfg``, ``None`` when there is
+    none; a stale set (another dataset, changed data, other templates or ranking format, other options) is a
+    :class:`ConfigError` that says how to rebuild it."""
     run_dir = Path(run_dir)
     data_dir = run_dir / "data"
     meta_path = data_dir / META_FILE
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("prompt_version") != PROMPT_VERSION:
-            raise ConfigError(f"{data_dir} uses prompts {meta.get('prompt_version')}, not {PROMPT_VERSION}")
-        _check_same("instruction-data", data_dir, meta["config"], cfg, DATA_FIELDS)
-        return meta, True
+    if not meta_path.is_file():
+        return None
+    rebuild = (
+        f"rebuild it: delete {data_dir} (and {run_dir / 'finetune'}, trained on it) and rerun "
+        "`padrec palr build-data`, or use a new --run-dir"
+    )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"instruction data {meta_path} is unreadable ({e}); {rebuild}") from None
+    now = instruction_identity(split, catalog or ItemCatalog.from_dataset(split.dataset, cfg.item_format), cfg)
+    if meta.get("dataset") == now["dataset"] and meta.get("prompt_version") == now["prompt_version"]:
+        _check_same("instruction-data", data_dir, meta.get("config") or {}, cfg, DATA_FIELDS)
+    reason = stale_reason(meta, now)
+    if reason:
+        raise ConfigError(f"instruction data {data_dir} {reason}; {rebuild}")
+    return meta
+
+
+def build_data(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = None) -> tuple[dict, bool]:
+    """Instruction data in ``run_dir/data`` (reused when done from the same data and options); returns
+    (meta, reused)."""
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
     catalog = ItemCatalog.from_dataset(split.dataset, cfg.item_format)
+    meta = check_data_stage(split, run_dir, cfg, catalog)
+    if meta is not None:
+        return meta, True
     store = profile_store(run_dir, catalog)
     if cfg.profile == "lm":
         from padrec.palr.lm import generate, load_causal_lm
@@ -135,12 +174,52 @@ def run_finetune(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = N
     if done is not None:
         summary = json.loads((ft_dir / DONE_FILE).read_text())
         _check_same("fine-tuning", ft_dir, summary["config"], cfg, FINETUNE_FIELDS)
+        check_finetune_data(split, run_dir, cfg, summary)
         return load_causal_lm(str(done)), summary, True
-    build_data(split, run_dir, cfg, lm)
+    meta, _ = build_data(split, run_dir, cfg, lm)
     examples = read_examples(run_dir / "data")
     lm = lm or load_causal_lm(cfg.lm)
-    lm, summary = finetune(lm, examples, cfg, ft_dir, resume=resume)
+    record = {k: meta.get(k) for k in _DATA_RECORD}
+    lm, summary = finetune(lm, examples, cfg, ft_dir, resume=resume, record={"data": record})
     return lm, summary, False
+
+
+_DATA_RECORD = ("dataset", "n_items", "data_fingerprint", "retrieval_format")
+
+
+def check_finetune_data(split: Split, run_dir: Path, cfg: PALRConfig, summary: dict) -> None:
+    """A finished fine-tuning is only reused with the instruction data it was trained on (when it recorded it)."""
+    was = summary.get("data")
+    meta = check_data_stage(split, run_dir, cfg)
+    if not was or meta is None:
+        return
+    diff = [k for k in _DATA_RECORD if was.get(k) != meta.get(k)]
+    if diff:
+        ft_dir = run_dir / "finetune"
+        changes = ", ".join(f"{k}: {was.get(k)!r} -> {meta.get(k)!r}" for k in diff)
+        raise ConfigError(
+            f"{ft_dir} was trained on other instruction data than {run_dir / 'data'} ({changes}); "
+            f"delete {ft_dir} to fine-tune again, or use a new --run-dir"
+        )
+
+
+def check_stages(split: Split, run_dir: str | Path, cfg: PALRConfig, finetune: bool = True) -> None:
+    """Refuse, before any work, finished stages of ``run_dir`` that would be reused but do not fit: stale
+    instruction data (:func:`check_data_stage`) and, with ``finetune``, a fine-tuning made with other options or
+    on other instruction data."""
+    from padrec.palr.finetune import DONE_FILE
+
+    run_dir = Path(run_dir)
+    check_data_stage(split, run_dir, cfg)
+    done = run_dir / "finetune" / DONE_FILE
+    if finetune and done.is_file():
+        try:
+            summary = json.loads(done.read_text(encoding="utf-8"))
+            saved = summary["config"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{done} is unreadable ({e}); delete {done.parent} to fine-tune again") from None
+        _check_same("fine-tuning", done.parent, saved, cfg, FINETUNE_FIELDS)
+        check_finetune_data(split, run_dir, cfg, summary)
 
 
 # -- stage 3: evaluation -----------------------------------------------------------------------
@@ -212,14 +291,16 @@ def evaluate_palr(
     ranker.fit(split)
     if cfg.upper_bound:
         ranker.forced = {int(u): int(t) for u, t in zip(sub.users(stage), sub.targets(stage), strict=True)}
-    from tqdm.auto import tqdm
-
+    if run_dir is not None and lm is not None:
+        ranker.cache = RankingCache(ranking_cache_path(run_dir, split, cfg, lm, label, stage, catalog))
     n_users = len(sub.users(stage))
     batch = max({"generation": cfg.gen_batch_size, "verbalizer": cfg.verbalizer_batch}.get(cfg.mode, 8), 1)
-    with tqdm(total=n_users, desc=label, disable=not progress, leave=False) as bar:
-        ranker.progress = bar
-        res = Evaluator(sub, Protocol(batch_size=batch)).run(ranker, stage)
-    ranker.progress = None
+    with bar(n_users, f"rank ({label})", unit="user", enabled=progress) as pbar:
+        ranker.progress = pbar
+        try:
+            res = Evaluator(sub, Protocol(batch_size=batch)).run(ranker, stage)
+        finally:
+            ranker.progress = None
     summary = ranker.summary()
     retr_res = Evaluator(sub, Protocol()).run(retriever, stage)
     recall = candidate_recall(retriever, sub, cfg.n_candidates, stage)
@@ -246,6 +327,28 @@ def evaluate_palr(
             Path(run_dir) / "eval" / f"{label}-{stage}.json", json.dumps(out.to_dict(), indent=2, default=_json_default)
         )
     return out
+
+
+#: options that do not change any one user's ranking (which users are drawn is not part of a user's result)
+_NOT_RANKING = ("progress", "max_users", "users_seed", "retriever", "accelerator", "checkpoint_every")
+
+
+def ranking_cache_path(
+    run_dir: str | Path, split: Split, cfg: PALRConfig, lm: Any, label: str, stage: str, catalog: ItemCatalog
+) -> Path:
+    """``run_dir/eval/<label>-<stage>.ranking-<digest>.jsonl``: per-user results of this LM (its weights'
+    fingerprint), data and ranking options; any change gives another file, so results are never mixed."""
+    from padrec.palr.lm import model_fingerprint
+
+    ident = {
+        "lm": getattr(lm, "spec", None),
+        "weights": model_fingerprint(lm) if hasattr(lm, "model") else type(lm).__name__,
+        "data": data_fingerprint(split, catalog),
+        "prompt_version": PROMPT_VERSION,
+        "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_RANKING},
+    }
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(run_dir) / "eval" / f"{label}-{stage}.ranking-{digest}.jsonl"
 
 
 def _json_default(o: Any) -> Any:
@@ -288,5 +391,7 @@ def run_palr(
             skipped.append("finetune")
     label = palr_label(cfg, finetuned=not zero_shot)
     ev = evaluate_palr(split, cfg, lm, label, run_dir)
+    if ev.palr["users"] and ev.palr["resumed_users"] == ev.palr["users"]:
+        skipped.append("ranking")
     ev.palr["pipeline_seconds"] = round(time.perf_counter() - t0, 3)
     return PALRRun(run_dir, ev, label, skipped, meta, ft)

@@ -263,9 +263,9 @@ class ProfileStore:
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from padrec.progress import bar
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return bar(total, desc, unit="user", enabled=enabled, leave=False)
 
 
 def profile_histories(histories: Sequence[np.ndarray], max_history: int) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """Stage 3 of PALR: an LM ranks the retriever's candidates, as a padrec-style recommender.
 
-Two ranking modes:
+Three ranking modes:
 
 - ``generation``: the model answers the *Recommend_Retrieval* prompt; each answer line is mapped back
   to a candidate (exact match on a normalised title — case, punctuation, accents, "Title, The" —
@@ -18,15 +18,23 @@ Two ranking modes:
 computes full-ranking metrics: the ranked candidates get ``BIG + (N - position)``, every other item
 its retriever score shifted below all candidates (``score - row max - 1``). ``stats`` counts how many
 of the top-``n_recommend`` slots came from the model and how many from the retriever fallback.
+
+With a :class:`RankingCache` (``ranker.cache``; :func:`padrec.palr.pipeline.evaluate_palr` gives one per run
+directory, LM and options) every user's model order is appended to a JSONL file as soon as it is made, keyed
+by the exact prompt contents; a rerun after a kill takes finished users from the file and only asks the LM
+about the rest, with the same scores, counts and metrics as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +43,7 @@ import torch
 from padrec.data.split import Split
 from padrec.models.base import Recommender
 from padrec.palr.config import PALRConfig
-from padrec.palr.profile import ProfileStore, rule_based_profile
+from padrec.palr.profile import ProfileStore, append_jsonl, read_jsonl, rule_based_profile
 from padrec.palr.prompts import ANSWER_PREFIX, ItemCatalog, profile_text, recommend_retrieval_prompt
 from padrec.palr.retrieval import load_retriever, retriever_scores, top_candidates
 
@@ -143,6 +151,36 @@ def map_to_candidates(
     return res
 
 
+def ranking_key(user: int, history: Sequence[int], profile: str | None, candidates: Sequence[int]) -> str:
+    """Key of one user's ranking: everything the prompt is made of (history, profile, candidates in order)."""
+    text = json.dumps([int(user), [int(i) for i in history], profile, [int(c) for c in candidates]])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class RankingCache:
+    """Per-user ranking results of one LM + options, in an append-only JSONL file (see ``profile.append_jsonl``:
+    each batch lands whole, a torn last line from a kill is dropped on load). ``path=None`` keeps nothing."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.records: dict[tuple[int, str], dict] = {}
+        if self.path is not None:
+            for r in read_jsonl(self.path):
+                self.records[(int(r["user"]), str(r["key"]))] = r
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, user: int, key: str | None) -> dict | None:
+        return self.records.get((int(user), str(key)))
+
+    def add(self, records: Sequence[dict]) -> None:
+        if self.path is not None:
+            append_jsonl(self.path, records)
+        for r in records:
+            self.records[(int(r["user"]), str(r["key"]))] = r
+
+
 class PALRRanker(Recommender):
     """PALR as a recommender: retriever top-N → LM ranking (likelihood or generation) → full scores.
 
@@ -169,6 +207,7 @@ class PALRRanker(Recommender):
         self.label = label
         self.forced: dict[int, int] = {}
         self.progress: Any = None  # an optional tqdm bar, advanced by users
+        self.cache: RankingCache | None = None  # per-user results of earlier (interrupted) runs, resumed
         self.stats: dict[str, float] = {}
         self.examples: list[dict[str, Any]] = []  # a few prompts/answers for inspection
         self.reset_stats()
@@ -186,6 +225,7 @@ class PALRRanker(Recommender):
                 "fuzzy_matches",
                 "rank_seconds",
                 "profile_seconds",
+                "resumed_users",
             ),
             0,
         )
@@ -209,16 +249,7 @@ class PALRRanker(Recommender):
         lists = [self._candidate_list(int(u), row) for u, row in zip(users, cands, strict=True)]
         prompt_hist = [[int(i) for i in h[-cfg.max_history :]] for h in histories]
         profiles = self._profiles(users, prompt_hist)
-        t0 = time.perf_counter()
-        if self.lm is None:
-            picks = [[] for _ in lists]
-        elif cfg.mode == "likelihood":
-            picks = [self._rank_likelihood(h, p, c) for h, p, c in zip(prompt_hist, profiles, lists, strict=True)]
-        elif cfg.mode == "verbalizer":
-            picks = self._rank_verbalizer(prompt_hist, profiles, lists)
-        else:
-            picks = self._rank_generation(prompt_hist, profiles, lists)
-        self.stats["rank_seconds"] += time.perf_counter() - t0
+        picks = self._rank(users, prompt_hist, profiles, lists)
         finite = torch.where(torch.isfinite(s), s, torch.full_like(s, -torch.inf))
         out = s - finite.max(dim=1, keepdim=True).values.clamp_min(-1e30) - 1.0
         for r, (retr_order, model_order) in enumerate(zip(lists, picks, strict=True)):
@@ -232,9 +263,68 @@ class PALRRanker(Recommender):
             idx = torch.as_tensor(final, dtype=torch.long)
             out[r, idx] = BIG + torch.arange(len(final), 0, -1, dtype=out.dtype)
         self.stats["users"] += len(histories)
-        if self.progress is not None:
-            self.progress.update(len(histories))
         return out
+
+    def _rank(
+        self, users: np.ndarray, histories: list[list[int]], profiles: list[str | None], lists: list[list[int]]
+    ) -> list[list[int]]:
+        """The model's order of each user's candidates: from the ranking cache when this user's exact prompt was
+        ranked before, else from the LM; each newly ranked user is appended to the cache as soon as it is done
+        (per user for likelihood ranking, per batch otherwise), so a killed evaluation resumes where it stopped."""
+        cfg = self.cfg
+        picks: list[list[int] | None] = [None] * len(lists)
+        keys: list[str | None] = [None] * len(lists)
+        if self.lm is None:
+            self._tick(len(lists))
+            return [[] for _ in lists]
+        if self.cache is not None:
+            for r, (u, h, p, c) in enumerate(zip(users, histories, profiles, lists, strict=True)):
+                keys[r] = ranking_key(int(u), h, p, c)
+                rec = self.cache.get(int(u), keys[r])
+                if rec is not None:
+                    picks[r] = [int(i) for i in rec["items"]]
+                    self._count(rec.get("stats", {}), float(rec.get("seconds", 0.0)), rec.get("example"))
+                    self.stats["resumed_users"] += 1
+                    self._tick(1)
+        todo = [r for r in range(len(lists)) if picks[r] is None]
+
+        def done(rows: list[int], results: list[tuple[list[int], dict]], seconds: float) -> None:
+            recs = []
+            for r, (order, info) in zip(rows, results, strict=True):
+                picks[r] = order
+                example = info.pop("example", None)
+                self._count(info, seconds / len(rows), example)
+                if self.cache is not None:
+                    recs.append(
+                        {"user": int(users[r]), "key": keys[r], "items": order, "stats": info,
+                         "seconds": seconds / len(rows), **({"example": example} if example else {})}
+                    )  # fmt: skip
+            if self.cache is not None:
+                self.cache.add(recs)
+            self._tick(len(rows))
+
+        if cfg.mode == "likelihood":
+            for r in todo:
+                t0 = time.perf_counter()
+                res = self._rank_likelihood(histories[r], profiles[r], lists[r])
+                done([r], [res], time.perf_counter() - t0)
+        elif todo:
+            rank = self._rank_verbalizer if cfg.mode == "verbalizer" else self._rank_generation
+            t0 = time.perf_counter()
+            res = rank([histories[r] for r in todo], [profiles[r] for r in todo], [lists[r] for r in todo])
+            done(todo, res, time.perf_counter() - t0)
+        return [p if p is not None else [] for p in picks]
+
+    def _count(self, info: dict[str, Any], seconds: float, example: dict | None) -> None:
+        for k in ("outputs", "hallucinations", "duplicates", "fuzzy_matches"):
+            self.stats[k] += int(info.get(k, 0))
+        self.stats["rank_seconds"] += seconds
+        if example is not None and len(self.examples) < 3:
+            self.examples.append(example)
+
+    def _tick(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
 
     def _candidate_list(self, user: int, row: np.ndarray) -> list[int]:
         """Candidates in retriever order (the fallback order); a forced target is inserted at a seeded position."""
@@ -287,20 +377,23 @@ class PALRRanker(Recommender):
         shown = self._prompt_order(history, cands)
         return recommend_retrieval_prompt(self.catalog, history, profile, shown, self.cfg.n_recommend)
 
-    def _rank_likelihood(self, history: list[int], profile: str | None, cands: list[int]) -> list[int]:
+    def _rank_likelihood(
+        self, history: list[int], profile: str | None, cands: list[int]
+    ) -> tuple[list[int], dict[str, Any]]:
         from padrec.palr.lm import continuation_logprobs
 
         prefix = self.lm.wrap(self.prompt(history, profile, cands)) + ANSWER_PREFIX
         conts = [f" {self.catalog.render(c)}\n" for c in cands]
         ll = continuation_logprobs(self.lm, prefix, conts, self.cfg.candidate_batch, self.cfg.length_norm)
         order = np.lexsort((np.arange(len(cands)), -ll))  # ties keep the retriever's order
+        info: dict[str, Any] = {}
         if len(self.examples) < 3:
-            self.examples.append({"prompt": prefix, "top": [self.catalog.render(cands[i]) for i in order[:5]]})
-        return [cands[i] for i in order]
+            info["example"] = {"prompt": prefix, "top": [self.catalog.render(cands[i]) for i in order[:5]]}
+        return [cands[int(i)] for i in order], info
 
     def _rank_verbalizer(
         self, histories: list[list[int]], profiles: list[str | None], lists: list[list[int]]
-    ) -> list[list[int]]:
+    ) -> list[tuple[list[int], dict[str, Any]]]:
         from padrec.palr.lm import label_token_ids, next_token_logits
         from padrec.palr.prompts import LABELS, VERBALIZER_PREFIX, labelled_retrieval_prompt
 
@@ -313,35 +406,39 @@ class PALRRanker(Recommender):
             for h, p, s in zip(histories, profiles, shown, strict=True)
         ]
         lp = next_token_logits(self.lm, texts, self._label_ids[:width], self.cfg.verbalizer_batch)
-        picks = []
+        out = []
         for r, (cands, order_shown) in enumerate(zip(lists, shown, strict=True)):
             score = {c: lp[r, k] for k, c in enumerate(order_shown)}
             rank = np.lexsort((np.arange(len(cands)), -np.asarray([score[c] for c in cands])))  # ties: retriever
-            picks.append([cands[i] for i in rank])
-            if len(self.examples) < 3:
-                self.examples.append({"prompt": texts[r], "top": [self.catalog.render(c) for c in picks[-1][:5]]})
-        return picks
+            order = [cands[int(i)] for i in rank]
+            info: dict[str, Any] = {}
+            if len(self.examples) + r < 3:
+                info["example"] = {"prompt": texts[r], "top": [self.catalog.render(c) for c in order[:5]]}
+            out.append((order, info))
+        return out
 
     def _rank_generation(
         self, histories: list[list[int]], profiles: list[str | None], lists: list[list[int]]
-    ) -> list[list[int]]:
+    ) -> list[tuple[list[int], dict[str, Any]]]:
         from padrec.palr.lm import generate
 
         cfg = self.cfg
         prompts = [self.prompt(h, p, c) for h, p, c in zip(histories, profiles, lists, strict=True)]
         answers = generate(self.lm, prompts, cfg.gen_max_new_tokens, cfg.gen_batch_size)
-        picks = []
-        for prompt, answer, cands in zip(prompts, answers, lists, strict=True):
+        out = []
+        for r, (prompt, answer, cands) in enumerate(zip(prompts, answers, lists, strict=True)):
             outputs = parse_generation(answer, cfg.n_recommend)
             m = map_to_candidates(outputs, cands, self.catalog, cfg.fuzzy_threshold)
-            self.stats["outputs"] += len(outputs)
-            self.stats["hallucinations"] += len(m.hallucinated)
-            self.stats["duplicates"] += m.duplicates
-            self.stats["fuzzy_matches"] += m.fuzzy
-            if len(self.examples) < 3:
-                self.examples.append({"prompt": prompt, "answer": answer, "hallucinated": m.hallucinated[:5]})
-            picks.append(m.items[: cfg.n_recommend])
-        return picks
+            info: dict[str, Any] = {
+                "outputs": len(outputs),
+                "hallucinations": len(m.hallucinated),
+                "duplicates": m.duplicates,
+                "fuzzy_matches": m.fuzzy,
+            }
+            if len(self.examples) + r < 3:
+                info["example"] = {"prompt": prompt, "answer": answer, "hallucinated": m.hallucinated[:5]}
+            out.append((m.items[: cfg.n_recommend], info))
+        return out
 
     def summary(self) -> dict[str, float]:
         """Hallucination rate (share of answer lines outside the candidates), fallback share, speed."""
@@ -357,6 +454,7 @@ class PALRRanker(Recommender):
             "duplicates": int(st["duplicates"]),
             "fuzzy_matches": int(st["fuzzy_matches"]),
             "users": int(st["users"]),
+            "resumed_users": int(st["resumed_users"]),
             "rank_seconds": float(st["rank_seconds"]),
             "profile_seconds": float(st["profile_seconds"]),
             "users_per_second": st["users"] / secs if secs > 0 else float("nan"),

@@ -8,12 +8,15 @@ history is masked before the top-N is taken, as in the full-ranking protocol.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from padrec.data.dataset import SeqDataset
 from padrec.data.split import Split, Stage
 from padrec.models.base import Recommender, get_model_class
 
@@ -23,33 +26,60 @@ def load_retriever(spec: str | Path, split: Split) -> Recommender:
     path = Path(spec)
     if (path / "config.json").is_file():
         rec = Recommender.load(path)
-        if (
-            rec.item_ids is None
-            or len(rec.item_ids) != split.n_items + 1
-            or any(str(a) != str(b) for a, b in zip(rec.item_ids, split.dataset.item_ids, strict=True))
-        ):
-            raise ValueError(f"retriever {path} was trained on another item catalogue than {split.dataset.name!r}")
+        _check_catalogue(path, rec.item_ids, split.dataset)
         return rec
     check_retriever(spec)
     cls = get_model_class(str(spec))
     if hasattr(cls, "config_cls"):
-        raise ValueError(
-            f"retriever {spec!r} must be trained first (padrec train --model {spec} --dataset ...), "
-            "then pass its run directory; or use an untrained retriever such as 'pop'"
-        )
+        raise ValueError(_untrained(spec))
     rec = cls()
     rec.fit(split)
     return rec
 
 
-def check_retriever(spec: str | Path) -> None:
-    """Fail fast, before a language model loads, on a retriever that is neither a saved run nor a model name."""
+def check_retriever(spec: str | Path, dataset: SeqDataset | None = None) -> None:
+    """Fail fast, before a language model loads, on a retriever that is neither a saved run nor a model name,
+    or (with ``dataset``) a run trained on other items than ``dataset``'s (its scores would index wrong items)."""
     path = Path(spec)
     if (path / "config.json").is_file():
+        if dataset is not None:
+            items = path / "items.json"
+            try:
+                ids = json.loads(items.read_text(encoding="utf-8"))["item_ids"]
+            except (OSError, ValueError, KeyError, TypeError):
+                raise ValueError(f"retriever {path}: {items} is missing or unreadable (not a padrec run?)") from None
+            _check_catalogue(path, ids, dataset)
         return
     if path.exists() or "/" in str(spec) or str(spec).startswith("."):
         raise FileNotFoundError(f"retriever run directory {path} not found (or has no config.json)")
-    get_model_class(str(spec))
+    cls = get_model_class(str(spec))
+    if dataset is not None and hasattr(cls, "config_cls"):
+        raise ValueError(_untrained(spec))
+
+
+def _untrained(spec: str | Path) -> str:
+    return (
+        f"retriever {spec!r} must be trained first (padrec train --model {spec} --dataset ...), "
+        "then pass its run directory; or use an untrained retriever such as 'pop'"
+    )
+
+
+def _check_catalogue(path: Path, item_ids: Sequence[Any] | None, dataset: SeqDataset) -> None:
+    ids = [] if item_ids is None else [str(i) for i in item_ids]
+    if ids == [str(i) for i in dataset.item_ids]:
+        return
+    trained_on = "another dataset"
+    for ref in (path / "dataset.json", path.parent / "dataset.json"):  # a PAD stage's is in its parent
+        try:
+            trained_on = repr(json.loads(ref.read_text(encoding="utf-8"))["name"])
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    raise ValueError(
+        f"retriever {path} was trained on {trained_on} ({max(len(ids) - 1, 0):,} items), not on the dataset PALR "
+        f"runs on, {dataset.name!r} ({dataset.n_items:,} items): pass --retriever a run trained on it "
+        f"(padrec train --model sasrec --dataset ...) or an untrained model name such as 'pop'"
+    )
 
 
 def retriever_scores(
