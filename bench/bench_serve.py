@@ -8,11 +8,13 @@ else one trained for ``--epochs`` epochs into ``bench/.work/serve/<dataset>/sasr
 ``python -m padrec.serve`` in a subprocess on 127.0.0.1, one server per mode, all up at once in the same
 invocation: ``unbatched`` (``--max-batch 1``: each request scored alone in the server's thread pool,
 the only mode before batching) and ``batched`` (``--batch-wait-ms``/``--max-batch``); a mode may set
-``wait=MS``, ``max=N`` and ``workers=N`` (``batched:workers=2,wait=1``). A thread-pool load generator
-(httpx, one client per thread) sends test-split histories with 1 and 32 concurrent clients, each run
-bounded by a request count and a time limit, split into ``--rounds`` rounds that alternate between the
-modes (so a change in the machine's background load hits every mode alike; the first mode of a round
-rotates); a mode's rounds are pooled. Latency is measured at the client (request sent -> body read).
+``wait=MS``, ``max=N`` and ``workers=N`` (``batched:workers=2,wait=1``). The load generator sends
+test-split histories with 1 and 32 concurrent clients (keep-alive connections): ``--client wrk`` (the default
+where ``wrk`` is installed: C, one thread, about 10 µs of CPU per request, so the cores stay with the server;
+each run lasts ``--max-seconds``) or ``--client httpx`` (one Python thread per client, about 1.3 ms of CPU per
+request; each run bounded by a request count and a time limit). Runs are split into ``--rounds`` rounds that
+alternate between the modes (so a change in the machine's background load hits every mode alike; the first
+mode of a round rotates); a mode's rounds are pooled. Latency is measured at the client (request sent -> body read).
 Client and server share the machine's cores, so on a small CPU the numbers are a lower bound for a
 dedicated server; each record notes the 1-minute load average at its rounds' starts. Also (unless
 ``--no-recall``): recall@10 of the faiss HNSW index (``--ann hnsw``) against exact scoring, in-process.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -183,6 +186,66 @@ def load(
     return {**summary([x * 1000 for x in lat], len(errors), wall), "lat_ms": [x * 1000 for x in lat]}
 
 
+WRK_SCRIPT = """
+local bodies, n, i = {}, 0, 0
+bad, first_bad = 0, ""
+function init(args)
+  for line in io.lines(BODIES) do n = n + 1; bodies[n] = line end
+  i = OFFSET % n
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+function request()
+  i = i % n + 1
+  return wrk.format(nil, "/recommend", nil, bodies[i])
+end
+function response(status, headers, body)
+  local _, items = string.gsub(body, '"item_id"', "")
+  if status ~= 200 or items ~= K then
+    bad = bad + 1
+    if first_bad == "" then first_bad = status .. " " .. string.sub(body, 1, 200) end
+  end
+end
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local b, fb = 0, ""
+  for _, t in ipairs(threads) do b = b + t:get("bad"); if fb == "" then fb = t:get("first_bad") end end
+  local e, parts = summary.errors, {}
+  for j = 1, #latency do
+    local v, c = latency(j)
+    parts[#parts + 1] = string.format("[%d,%d]", v, c)
+  end
+  io.write(string.format('WRK {"requests":%d,"duration_us":%d,"bad":%d,"socket":%d,"status":%d,'
+    .. '"timeout":%d,"first_bad":%q,"hist":[%s]}\\n', summary.requests, summary.duration, b,
+    e.connect + e.read + e.write, e.status, e.timeout, fb, table.concat(parts, ",")))
+end
+"""
+
+
+def load_wrk(url: str, bodies_file: Path, concurrency: int, seconds: float, offset: int = 0, k: int = 10) -> dict:
+    """``concurrency`` keep-alive connections from one wrk thread for ``seconds`` (wrk is C: about 10 µs of CPU
+    per request, so nearly all of the machine is left to the server; the httpx client costs about 1.3 ms).
+
+    Every answer is checked (status 200 and ``k`` items); latencies come back as wrk's histogram (µs), expanded
+    into ``lat_ms`` so that rounds can be pooled like the httpx client's.
+    """
+    script = bodies_file.with_suffix(".lua")
+    head = f'BODIES = "{bodies_file}"\nK = {k}\nOFFSET = {offset}\n'
+    script.write_text(head + WRK_SCRIPT)
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    raw = json.loads(line[4:])
+    hist = np.asarray(raw["hist"], dtype=np.int64).reshape(-1, 2)
+    lat_ms = np.repeat(hist[:, 0], hist[:, 1]) / 1000.0
+    errors = raw["bad"] + raw["socket"] + raw["timeout"]
+    if errors:
+        print(f"  {errors} errors, first: {raw['first_bad'] or 'socket error or timeout'}", flush=True)
+    wall = raw["duration_us"] / 1e6
+    return {**summary(list(lat_ms), errors, wall), "requests": raw["requests"], "lat_ms": list(lat_ms)}
+
+
 def summary(lat_ms: list[float], errors: int, wall: float) -> dict[str, Any]:
     ms = np.asarray(lat_ms)
     return {
@@ -306,12 +369,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="Batch window of the batched modes.")
     ap.add_argument("--max-batch", type=int, default=64, help="Most histories per model call in batched modes.")
     ap.add_argument("--requests", type=int, default=10_000, help="Requests per (dataset, mode, concurrency).")
-    ap.add_argument("--max-seconds", type=float, default=90.0, help="Time limit per (dataset, mode, concurrency).")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=90.0,
+        help="Time limit per (dataset, mode, concurrency); wrk runs all of it.",
+    )
     ap.add_argument("--rounds", type=int, default=5, help="Rounds per concurrency, each mode in turn.")
     ap.add_argument("--epochs", type=int, default=1, help="Training epochs when no finished run exists.")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the server (and the recall check).")
     ap.add_argument("--recall-queries", type=int, default=2000)
     ap.add_argument("--no-recall", action="store_true", help="Skip the HNSW recall check (its stored rows stay).")
+    ap.add_argument(
+        "--client",
+        choices=["wrk", "httpx"],
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="Load generator: wrk (C, `apt-get install wrk`; the default where installed) or httpx threads.",
+    )
     ap.add_argument("--note", default="")
     ap.add_argument("--results-dir", type=Path, default=None, help="Default: bench/results (pilot runs elsewhere).")
     args = ap.parse_args(argv)
@@ -332,7 +406,12 @@ def main(argv: list[str] | None = None) -> None:
         "commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    setup = f"server (torch threads: {args.threads or 'default'}) and clients share {os.cpu_count()} cores"
+    client = (
+        "clients: wrk, 1 thread, keep-alive connections"
+        if args.client == "wrk"
+        else "clients: httpx, one Python thread each"
+    )
+    setup = f"server (torch threads: {args.threads or 'default'}) and clients share {os.cpu_count()} cores; {client}"
     records: list[dict] = []
     for name in args.datasets:
         print(f"{name}:", flush=True)
@@ -344,13 +423,24 @@ def main(argv: list[str] | None = None) -> None:
         max_len = json.loads((run / "config.json").read_text())["params"]["max_len"]
         histories = [list(split.dataset.to_external(all_hist[u][-max_len:])) for u in users]
         bodies = [{"history": h, "k": 10, "exclude_seen": True} for h in histories]
+        bodies_file = ROOT / ".work" / "serve" / name / "bodies.jsonl"
+        bodies_file.parent.mkdir(parents=True, exist_ok=True)
+        bodies_file.write_text("".join(json.dumps(b, separators=(",", ":")) + "\n" for b in bodies))
+
+        def send(
+            url: str, conc: int, n: int, seconds: float, start: int, bodies=bodies, bodies_file=bodies_file
+        ) -> dict[str, Any]:
+            if args.client == "wrk":  # bounded by time only: the request count is what fits in it
+                return load_wrk(url, bodies_file, conc, seconds, offset=start)
+            return load(url, bodies, conc, n, seconds, start=start)
+
         servers = []
         try:  # every mode's server up at once; rounds alternate between them, so they share the background load
             for mode in modes:
                 servers.append(Server(run, args.threads, mode))
             healths = [s.wait() for s in servers]
             for s in servers:
-                load(s.url, bodies, 4, 200, 30)  # warm-up: first-call costs out of the measurement
+                send(s.url, 4, 200, 2, 0)  # warm-up: first-call costs out of the measurement
             for conc in args.concurrency:
                 chunk = -(-args.requests // args.rounds)
                 acc = [{"lat": [], "errors": 0, "wall": 0.0, "loads": [], "calls": 0, "histories": 0.0} for _ in modes]
@@ -360,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
                         a, url = acc[i], servers[i].url
                         a["loads"].append(float(load_average().split()[0]))
                         before = batch_counts(url) if modes[i]["workers"] == 1 else None
-                        m = load(url, bodies, conc, chunk, args.max_seconds / args.rounds, start=r * chunk)
+                        m = send(url, conc, chunk, args.max_seconds / args.rounds, r * chunk)
                         after = batch_counts(url) if before else None
                         if before and after:
                             a["calls"] += after[0] - before[0]
@@ -374,7 +464,9 @@ def main(argv: list[str] | None = None) -> None:
                         m["mean_batch"] = a["histories"] / a["calls"]
                     loads = f"{min(a['loads']):.2f}-{max(a['loads']):.2f}"
                     print(f"  {mode_label(mode)}, {mode['workers']} worker(s), {conc:3d} clients: {m}", flush=True)
-                    capped = " (time limit hit)" if m["requests"] < args.requests else ""
+                    capped = " (time limit hit)" if m["requests"] < args.requests and args.client == "httpx" else ""
+                    if args.client == "wrk":
+                        capped = f" in {m['seconds']:.0f} s"
                     records.append(
                         {
                             "task": "latency",
