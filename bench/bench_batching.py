@@ -74,6 +74,8 @@ def defaults_markdown(records: list[dict]) -> list[str]:
     for r in rows:
         for name, c in r["configs"].items():
             per_epoch = " / ".join(f"{v:.4f}" for v in c["val_ndcg10"])
+            if r["epochs"] == "early stopping":
+                per_epoch = f"{len(c['val_ndcg10'])} epochs, best at epoch {c['best_epoch']}"
             speedup = f"{c['speedup']:.1f}x" if c.get("speedup") else "–"
             lines.append(
                 f"| {r['dataset']} | {r['model']} | {name} | {c['max_len']} | {c['length_buckets']} | {c['cropped']} | "
@@ -125,16 +127,33 @@ def padding_share(loader, n: int = 40) -> float:
     return pad / total
 
 
+def sample_users(path: Path, n: int, seed: int) -> Path:
+    """A seeded sample of ``n`` users of an interactions CSV (all their rows), written next to the bench's work."""
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    user = df.columns[0]
+    users = pd.Series(df[user].unique()).sample(n=n, random_state=seed)
+    out = Path(__file__).resolve().parent / ".work" / "batching-defaults" / f"{path.parent.name}-{n}users"
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "interactions.csv"
+    df[df[user].isin(set(users))].to_csv(target, index=False)
+    return target
+
+
 def run_defaults(args: argparse.Namespace) -> dict:
     """``fit`` with the old and the new defaults, one after the other in this process (see the module doc)."""
-    ds = load_dataset(args.dataset, items=args.items)
+    source = Path(args.dataset)
+    if args.sample_users:
+        source = sample_users(source, args.sample_users, args.sample_seed)
+    ds = load_dataset(str(source), items=args.items)
     split = leave_one_out(ds)
     cls = get_model_class(args.model)
     lengths = [len(s) for s in split.train_sequences()]
     work = Path(__file__).resolve().parent / ".work" / "batching-defaults" / f"{ds.name}-{args.model}"
+    budget = {} if args.converge else {"max_epochs": args.epochs, "patience": args.epochs}
     fixed = {
-        "max_epochs": args.epochs,
-        "patience": args.epochs,
+        **budget,
         "seed": args.seed,
         "progress": False,
         "logger": ["csv"],
@@ -176,6 +195,9 @@ def run_defaults(args: argparse.Namespace) -> dict:
             "seconds_per_epoch_each": times["train"],
             "validation_seconds_each": times["valid"],
             "val_ndcg10": times["ndcg"],
+            "best_val_ndcg10": max(times["ndcg"]),
+            "best_epoch": times["ndcg"].index(max(times["ndcg"])) + 1,
+            "epochs_run": len(times["ndcg"]),
             "wall_seconds": wall,
             "padding_share": padding_share(rec.train_loader(split)),
             "load": f"{load} -> {load_average()}",
@@ -185,6 +207,11 @@ def run_defaults(args: argparse.Namespace) -> dict:
     for c in out.values():
         c["speedup"] = base / c["seconds_per_epoch"] if base else None
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    budget_text = (
+        "trained to early stopping with the trainer's defaults (patience 10 validations, at most 200 epochs)"
+        if args.converge
+        else f"{args.epochs} epochs each (fixed budget, no early stopping)"
+    )
     return {
         "task": "defaults",
         "dataset": ds.name,
@@ -192,7 +219,7 @@ def run_defaults(args: argparse.Namespace) -> dict:
         "protocol": "full ranking, leave-one-out, validation",
         "device": "cpu",
         "seeds": [args.seed],
-        "epochs": args.epochs,
+        "epochs": "early stopping" if args.converge else args.epochs,
         "users": int(ds.n_users),
         "items": int(split.n_items),
         "median_train_history": float(statistics.median(lengths)),
@@ -200,7 +227,7 @@ def run_defaults(args: argparse.Namespace) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "configs": out,
         "note": f"{ds.name} loaded as own files from {Path(args.dataset).name} (no dataset YAML applies)"
-        f"{args.note}; {args.model}, seed {args.seed}, {args.epochs} epochs each (fixed budget, no early stopping), "
+        f"{args.note}; {args.model}, seed {args.seed}, {budget_text}, "
         f"validated every epoch on all users; configs trained one after the other in one process, "
         f"{args.threads} torch thread on a 2-core CPU shared with other jobs ({uptime} at the end); s/epoch is "
         "training only (mean over epochs); padding share over the first 40 batches",
@@ -219,6 +246,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--configs", nargs="+", default=["after-buckets", "after", "before"])
+    ap.add_argument("--converge", action="store_true", help="--defaults: train to early stopping, not --epochs")
+    ap.add_argument("--sample-users", type=int, default=0, help="--defaults: a seeded sample of this many users")
+    ap.add_argument("--sample-seed", type=int, default=42, help="--defaults: the user sample's seed (not training's)")
     ap.add_argument("--note", default="", help="appended to the record's note, e.g. where the files came from")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -228,7 +258,8 @@ def main() -> None:
         old = json.loads(RESULTS.read_text())["records"] if RESULTS.exists() else []
 
         def key(r: dict) -> tuple:  # a run of other epochs or configs is another record
-            return r.get("task"), r["dataset"], r["model"], r.get("epochs"), sorted(r.get("configs", {}))
+            configs = sorted(r.get("configs", {}))
+            return r.get("task"), r["dataset"], r["model"], r.get("epochs"), configs, r.get("users"), r.get("seeds")
 
         records = [r for r in old if key(r) != key(record)]
         write_bench("batching", [*records, record], markdown([*records, record]))
