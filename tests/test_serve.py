@@ -718,3 +718,15 @@ def test_several_workers_serve_read_only_and_all_see_the_replayed_log(pad_dir):
     assert len((pad_dir / LOG_NAME).read_text().splitlines()) == 1  # nothing was appended
     bad = subprocess.run([*cmd[:4], str(pad_dir / "nope"), "--workers", "2"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "not a saved padrec run" in bad.stderr
+
+
+def test_a_started_server_keeps_its_loaded_objects_out_of_garbage_collection(base_run):
+    """Full collections over the loaded run paused every request behind them (~130 ms on ml-1m): the server
+    freezes what it loaded when it starts, and unfreezes when it stops."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    with serving(base_run / "pad") as client:
+        assert client.get("/health").status_code == 200
+        assert gc.get_freeze_count() > 1000
+    assert gc.get_freeze_count() == 0
