@@ -165,17 +165,14 @@ def build_data(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = Non
 # -- stage 2: fine-tuning ----------------------------------------------------------------------
 def run_finetune(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = None, resume: bool = True):
     """Fine-tune on ``run_dir/data`` (built first when missing); returns (lm, summary, reused)."""
-    from padrec.palr.finetune import DONE_FILE, finetune, finetuned_path
+    from padrec.palr.finetune import finetune, finetuned_path
     from padrec.palr.lm import load_causal_lm
 
     run_dir = Path(run_dir)
     ft_dir = run_dir / "finetune"
-    done = finetuned_path(ft_dir)
-    if done is not None:
-        summary = json.loads((ft_dir / DONE_FILE).read_text())
-        _check_same("fine-tuning", ft_dir, summary["config"], cfg, FINETUNE_FIELDS)
-        check_finetune_data(split, run_dir, cfg, summary)
-        return load_causal_lm(str(done)), summary, True
+    summary = check_finetune_stage(split, run_dir, cfg)
+    if summary is not None:
+        return load_causal_lm(str(finetuned_path(ft_dir))), summary, True
     meta, _ = build_data(split, run_dir, cfg, lm)
     examples = read_examples(run_dir / "data")
     lm = lm or load_causal_lm(cfg.lm)
@@ -207,19 +204,28 @@ def check_stages(split: Split, run_dir: str | Path, cfg: PALRConfig, finetune: b
     """Refuse, before any work, finished stages of ``run_dir`` that would be reused but do not fit: stale
     instruction data (:func:`check_data_stage`) and, with ``finetune``, a fine-tuning made with other options or
     on other instruction data."""
+    check_data_stage(split, run_dir, cfg)
+    if finetune:
+        check_finetune_stage(split, run_dir, cfg)
+
+
+def check_finetune_stage(split: Split, run_dir: str | Path, cfg: PALRConfig) -> dict | None:
+    """The summary of ``run_dir``'s finished fine-tuning when it fits ``cfg`` and the instruction data, ``None``
+    when there is none; one made with other options or on other data is a :class:`ConfigError`."""
     from padrec.palr.finetune import DONE_FILE
 
     run_dir = Path(run_dir)
-    check_data_stage(split, run_dir, cfg)
     done = run_dir / "finetune" / DONE_FILE
-    if finetune and done.is_file():
-        try:
-            summary = json.loads(done.read_text(encoding="utf-8"))
-            saved = summary["config"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{done} is unreadable ({e}); delete {done.parent} to fine-tune again") from None
-        _check_same("fine-tuning", done.parent, saved, cfg, FINETUNE_FIELDS)
-        check_finetune_data(split, run_dir, cfg, summary)
+    if not done.is_file():
+        return None
+    try:
+        summary = json.loads(done.read_text(encoding="utf-8"))
+        saved = summary["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{done} is unreadable ({e}); delete {done.parent} to fine-tune again") from None
+    _check_same("fine-tuning", done.parent, saved, cfg, FINETUNE_FIELDS)
+    check_finetune_data(split, run_dir, cfg, summary)
+    return summary
 
 
 # -- stage 3: evaluation -----------------------------------------------------------------------
