@@ -304,7 +304,6 @@ def pad(
     for title similarity to the last item), training keys (lr=0.001 max_epochs=50), and backbone keys
     with a prefix (backbone.d=128 backbone.max_epochs=100).
     """
-    import numpy as np
 
     from padrec.eval.runreport import pad_report
     from padrec.pad.pipeline import check_overrides, comparison_table, run_pad, with_preset
@@ -326,10 +325,9 @@ def pad(
     ref.write(run_dir, split.dataset)
     text = full_text = None
     if ns is not None:  # one embedding of the whole catalogue: the run's rows now, the held-out rows afterwards
-        from padrec.text import embed_items
+        from padrec.pad.pipeline import new_item_text
 
-        full_text = _run(lambda: embed_items(ns.full, encoder=encoder).vectors)
-        text = full_text[np.concatenate([[0], ns.full.to_internal(split.dataset.item_ids[1:])])]
+        full_text, text = _run(lambda: new_item_text(ns, encoder))
     out = _run(lambda: run_pad(split, run_dir, backbone=backbone, encoder=encoder, overrides=overrides, text=text))
     report = pad_report(run_dir, split.dataset, out.results)  # RUN/report.md: config, data, results, plots
     if out.skipped and not quiet:
