@@ -247,9 +247,25 @@ def _json_norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def _prepare_run_dir(run_dir: Path, backbone_from: Path | None, overrides: dict) -> None:
+#: PAD keys only stage 3 reads: configurations differing in these alone share one align stage per seed
+STAGE3_KEYS = frozenset(
+    {"experts", "freeze", "learn_gates", "n_bins", "expert_loss", "text_init", "similarity_scale", "gate_lr"}
+)
+
+
+def _align_key(overrides: dict) -> str | None:
+    """What the align stage depends on (None: the configuration has no aligned expert, so no align stage)."""
+    if "aligned" not in overrides.get("experts", ("aligned",)):
+        return None
+    return json.dumps(_json_norm({k: v for k, v in overrides.items() if k not in STAGE3_KEYS}), sort_keys=True)
+
+
+def _prepare_run_dir(
+    run_dir: Path, backbone_from: Path | None, overrides: dict, align_from: Path | None = None
+) -> None:
     """Refuse a run directory holding a finished run made with other settings (its stages would be reused as they
-    are); copy a trained backbone (``backbone_from``, a finished pretrain stage) in when the run has none yet."""
+    are); copy a trained backbone (``backbone_from``, a finished pretrain stage) in when the run has none yet, and
+    likewise a finished align stage (``align_from``) trained on that backbone with the same settings."""
     stored = run_dir / "pad.json"
     if stored.exists():
         had = json.loads(stored.read_text()).get("overrides")
@@ -261,6 +277,9 @@ def _prepare_run_dir(run_dir: Path, backbone_from: Path | None, overrides: dict)
     if backbone_from is not None and not (run_dir / "pretrain").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(backbone_from, run_dir / "pretrain", ignore=shutil.ignore_patterns("checkpoints"))
+    if align_from is not None and not (run_dir / "align").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(align_from, run_dir / "align", ignore=shutil.ignore_patterns("checkpoints"))
 
 
 def _epochs(run_dir: Path, stages: tuple[str, ...] = ("pretrain", "align", "text-expert", "pad")) -> dict:
@@ -292,11 +311,14 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     bb = args.backbone
     for seed in args.seeds:
         shared = args.pretrained  # the first configuration trains the seed's backbone, the others copy it
+        aligns: dict[str, Path] = {}  # align settings -> this seed's finished align stage, copied likewise
         for k, (name, _, over) in enumerate(variants):
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
-            _prepare_run_dir(run_dir, shared, seeded)
+            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)))
             out = run_pad(split, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded)
+            if _align_key(seeded) is not None:
+                aligns.setdefault(_align_key(seeded), run_dir / "align")
             print(comparison_table(out.results), flush=True)
             valid = evaluate_stages(out, split, stage="valid")
             epochs = _epochs(run_dir)
@@ -348,12 +370,15 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
         ns = new_item_split(ds, share, seed)  # the same held-out items for the backbone and every preset
         full_text, text = new_item_text(ns, args.encoder)
         shared = None  # the first configuration trains the seed's backbone, the others copy it
+        aligns: dict[str, Path] = {}  # align settings -> this seed's finished align stage, copied likewise
         for k, (name, _, over) in enumerate(variants):
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed, share)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
-            _prepare_run_dir(run_dir, shared, seeded)
+            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)))
             out = run_pad(ns.train, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded, text=text,
                           evaluate=False)  # fmt: skip
+            if _align_key(seeded) is not None:
+                aligns.setdefault(_align_key(seeded), run_dir / "align")
             fresh = new_item_results(out, ns, args.encoder, full_text)
             print(f"{name}, seed {seed}:\n{new_item_table(fresh, share)}", flush=True)
             valid = evaluate_stages(out, ns.train, stage="valid")

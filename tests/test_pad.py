@@ -476,6 +476,10 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
     assert base["valid"]["NDCG@10"] == pytest.approx(again.overall["NDCG@10"])
     assert base["valid"]["groups"]["cold"]["users"] == again.groups["cold"]["users"]
     assert not (work / "ml-100k" / "sasrec-simfrozen-seed0" / "pretrain" / "checkpoints").exists()  # copied
+    # the presets differ in stage-3 keys only: simfrozen reuses paper's align stage instead of training its own
+    sim_align, paper_align = (work / "ml-100k" / f"sasrec{p}-seed0" / "align" for p in ("-simfrozen", ""))
+    assert not (sim_align / "checkpoints").exists() and (paper_align / "checkpoints").exists()
+    assert (sim_align / "model.pt").read_bytes() == (paper_align / "model.pt").read_bytes()
 
     new = {r["model"]: r for r in records if r["task"] == "newitems"}
     assert set(new) == {"sasrec", "pad-sasrec-simfrozen"}
@@ -491,6 +495,16 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
     assert (results / "pad_ml-100k.png").exists()
     with pytest.raises(SystemExit, match="no preset has sasrec records"):
         bench.main(["--choose-default", "--results", str(results)])
+
+
+def test_bench_shares_the_align_stage_only_between_configurations_it_cannot_tell_apart(bench):
+    """Stage-3 keys (experts, freeze, gates...) leave the align stage as it is; any other key retrains it."""
+    paper = {"seed": 0, "patience": 5}
+    sim = {**paper, "experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"], "gate_lr": 0.01}
+    assert bench._align_key(paper) == bench._align_key(sim) is not None
+    assert bench._align_key({**paper, "lam": 0.5}) != bench._align_key(paper)
+    assert bench._align_key({**paper, "seed": 1}) != bench._align_key(paper)
+    assert bench._align_key({**paper, "experts": ["collab", "text"]}) is None  # no aligned expert: no align stage
 
 
 def test_bench_refuses_a_run_directory_made_with_other_settings(bench, tmp_path):
