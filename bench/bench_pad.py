@@ -90,8 +90,9 @@ def _valid_values(result) -> dict:
 def _seed_values(result, seed: int, valid=None, backbone_valid=None, epochs: dict | None = None) -> dict:
     """One seed's HR/NDCG@10, overall and per group: what a record keeps so later seeds can be added. ``valid``:
     the same model's validation results; ``backbone_valid``: those of the backbone this PAD seed was built on."""
-    groups = {g: _hr_ndcg(result.groups[g]) for g in GROUPS if g in result.groups}
-    out = {"seed": seed, **_hr_ndcg(result.overall), "groups": {g: v for g, v in groups.items() if v}}
+    groups = {g: {**_hr_ndcg(result.groups[g]), "users": int(result.groups[g].get("users", 0))}
+              for g in GROUPS if g in result.groups and _hr_ndcg(result.groups[g])}  # fmt: skip
+    out = {"seed": seed, **_hr_ndcg(result.overall), "groups": groups}
     if valid is not None:
         out["valid"] = _valid_values(valid)
     if backbone_valid is not None:
@@ -115,6 +116,10 @@ def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
     """Mean and std over seeds of the overall metrics and of each group's."""
     # a group every seed reports (a seed stored before a group existed must not turn a mean into one seed's)
     groups = {g: _agg([s["groups"][g] for s in per_seed]) for g in GROUPS if all(g in s["groups"] for s in per_seed)}
+    for g, v in groups.items():  # the same split for every seed: one user count per group
+        counts = {s["groups"][g].get("users") for s in per_seed}
+        if len(counts) == 1 and None not in counts:
+            v["users"] = counts.pop()
     return _agg(per_seed), {g: v for g, v in groups.items() if v}
 
 
@@ -742,6 +747,7 @@ def _markdown(records: list[dict]) -> str:
             + " |"
         )
     lines.append("\nPer-bin cells are NDCG@10 (bin1 = most popular).")
+    lines += _count_markdown(records)
     for r in records:
         m = r["metrics"]
         if r["task"] == "accuracy" and "concordance_before_spearman" in m:
@@ -778,6 +784,24 @@ def _markdown(records: list[dict]) -> str:
                 f"{m['score_ms_backbone']:.1f} ms = {m['serving_cost_ratio']:.2f}x ({r['note']})"
             )
     return "\n".join(lines) + "\n"
+
+
+def _count_markdown(records: list[dict]) -> list[str]:
+    """Test NDCG@10 by the target's absolute training count (the same groups on every dataset, unlike the bins,
+    which are relative to each catalogue), with each group's users; only records that stored these groups."""
+    rows = [r for r in records if r["task"] == "accuracy" and any(c in r.get("groups", {}) for c in COUNT_GROUPS)]
+    if not rows:
+        return []
+    lines = [
+        "\nBy the test item's training count (NDCG@10; users in brackets; the same groups on every dataset):\n",
+        "| dataset | model | seeds | " + " | ".join(COUNT_GROUPS) + " |",
+        "|---" * (3 + len(COUNT_GROUPS)) + "|",
+    ]
+    for r in rows:
+        g = r["groups"]
+        cells = [f"{g[c]['NDCG@10']:.4f} ({g[c].get('users', '?')})" if c in g else "–" for c in COUNT_GROUPS]
+        lines.append(f"| {r['dataset']} | {r['model']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _pm(d: dict, m: str) -> str:

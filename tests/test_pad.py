@@ -491,6 +491,11 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
 
     md = (results / "pad.md").read_text()
     assert "Validation users" in md and "| ml-100k | pad-sasrec-simfrozen | simfrozen | 1 |" in md
+    # absolute-count groups beside the relative bins, with each group's users (the same for every model)
+    assert "| dataset | model | seeds | freq0 | freq1-10 | freq11-50 | freq51-200 | freq>200 |" in md
+    cold_users = acc["sasrec"]["groups"]["freq1-10"]["users"]
+    assert cold_users > 0 and acc["pad-sasrec"]["groups"]["freq1-10"]["users"] == cold_users
+    assert f"({cold_users})" in md
     assert "New items (protocol full-newitems)" in md and "| ml-100k | sasrec | – | 0.1 | 1 | 168 |" in md
     assert (results / "pad_ml-100k.png").exists()
     with pytest.raises(SystemExit, match="no preset has sasrec records"):
