@@ -87,6 +87,20 @@ def _valid_values(result) -> dict:
     return {**_hr_ndcg(result.overall), "users": result.n_users, "groups": groups}
 
 
+def _select_values(model, split, seed: int) -> dict:
+    """Validation HR/NDCG@10 (overall, cold) on the selection half of the validation users of ``seed``: the users
+    gate calibration (padrec.pad.calibrate) never sees, so every configuration is compared on untouched users."""
+    from padrec.eval.metrics import metrics_from_ranks
+    from padrec.pad.calibrate import validation_halves
+
+    ev = Evaluator(split, Protocol())
+    _, users = validation_halves(split, seed)
+    ranks = ev.ranks(model, "valid", subset=users)
+    cold = ev.group_labels("valid")["cold"][users]
+    m, c = metrics_from_ranks(ranks, (10,)), metrics_from_ranks(ranks[cold], (10,))
+    return {**_hr_ndcg(m), "users": len(users), "groups": {"cold": {**_hr_ndcg(c), "users": int(cold.sum())}}}
+
+
 def _seed_values(result, seed: int, valid=None, backbone_valid=None, epochs: dict | None = None) -> dict:
     """One seed's HR/NDCG@10, overall and per group: what a record keeps so later seeds can be added. ``valid``:
     the same model's validation results; ``backbone_valid``: those of the backbone this PAD seed was built on."""
@@ -254,8 +268,9 @@ def _json_norm(obj: Any) -> Any:
 
 #: PAD keys only stage 3 reads: configurations differing in these alone share one align stage per seed
 STAGE3_KEYS = frozenset(
-    {"experts", "freeze", "learn_gates", "n_bins", "expert_loss", "text_init", "similarity_scale", "gate_lr"}
-)
+    {"experts", "freeze", "learn_gates", "n_bins", "expert_loss", "text_init", "similarity_scale", "gate_lr",
+     "calibrate"}
+)  # fmt: skip
 
 
 def _align_key(overrides: dict) -> str | None:
@@ -265,12 +280,23 @@ def _align_key(overrides: dict) -> str | None:
     return json.dumps(_json_norm({k: v for k, v in overrides.items() if k not in STAGE3_KEYS}), sort_keys=True)
 
 
+def _pad_key(overrides: dict) -> str:
+    """What stage 3 depends on: everything but ``calibrate``, a step after it (a calibrated configuration starts
+    from the very stage 3 of its uncalibrated twin, so both are trained once)."""
+    return json.dumps(_json_norm({k: v for k, v in overrides.items() if k != "calibrate"}), sort_keys=True)
+
+
 def _prepare_run_dir(
-    run_dir: Path, backbone_from: Path | None, overrides: dict, align_from: Path | None = None
+    run_dir: Path,
+    backbone_from: Path | None,
+    overrides: dict,
+    align_from: Path | None = None,
+    pad_from: Path | None = None,
 ) -> None:
     """Refuse a run directory holding a finished run made with other settings (its stages would be reused as they
     are); copy a trained backbone (``backbone_from``, a finished pretrain stage) in when the run has none yet, and
-    likewise a finished align stage (``align_from``) trained on that backbone with the same settings."""
+    likewise a finished align stage (``align_from``) trained on that backbone with the same settings, and a
+    finished, uncalibrated stage 3 (``pad_from``) for a configuration that only adds calibration."""
     stored = run_dir / "pad.json"
     if stored.exists():
         had = json.loads(stored.read_text()).get("overrides")
@@ -285,6 +311,8 @@ def _prepare_run_dir(
     if align_from is not None and not (run_dir / "align").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copytree(align_from, run_dir / "align", ignore=shutil.ignore_patterns("checkpoints"))
+    if pad_from is not None and not (run_dir / "pad").exists():
+        shutil.copytree(pad_from, run_dir / "pad", ignore=shutil.ignore_patterns("checkpoints", "calibration.json"))
 
 
 def _epochs(run_dir: Path, stages: tuple[str, ...] = ("pretrain", "align", "text-expert", "pad")) -> dict:
@@ -317,13 +345,16 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     for seed in args.seeds:
         shared = args.pretrained  # the first configuration trains the seed's backbone, the others copy it
         aligns: dict[str, Path] = {}  # align settings -> this seed's finished align stage, copied likewise
+        pads: dict[str, Path] = {}  # stage-3 settings -> this seed's finished uncalibrated stage 3
         for k, (name, _, over) in enumerate(variants):
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
-            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)))
+            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)), pads.get(_pad_key(seeded)))
             out = run_pad(split, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded)
             if _align_key(seeded) is not None:
                 aligns.setdefault(_align_key(seeded), run_dir / "align")
+            if not seeded.get("calibrate"):  # a calibrated stage 3 is not its twin's
+                pads.setdefault(_pad_key(seeded), run_dir / "pad")
             print(comparison_table(out.results), flush=True)
             valid = evaluate_stages(out, split, stage="valid")
             epochs = _epochs(run_dir)
@@ -331,7 +362,13 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 base_res.append(_seed_values(out.results[bb], seed, valid[bb], epochs=base_epochs))
                 shared = run_dir / "pretrain"
-            pad_res[name].append(_seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs))
+                base_res[-1]["valid_select"] = _select_values(out.backbone, split, seed)
+            values = _seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs)
+            values["valid_select"] = _select_values(out.pad, split, seed)
+            values["backbone_valid_select"] = base_res[-1]["valid_select"]
+            if (run_dir / "pad" / "calibration.json").exists():
+                values["calibration"] = json.loads((run_dir / "pad" / "calibration.json").read_text())
+            pad_res[name].append(values)
             first.setdefault(name, out)
     protocol = next(iter(first.values())).results[bb].protocol
     new: list[dict] = []
@@ -376,14 +413,17 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
         full_text, text = new_item_text(ns, args.encoder)
         shared = None  # the first configuration trains the seed's backbone, the others copy it
         aligns: dict[str, Path] = {}  # align settings -> this seed's finished align stage, copied likewise
+        pads: dict[str, Path] = {}  # stage-3 settings -> this seed's finished uncalibrated stage 3
         for k, (name, _, over) in enumerate(variants):
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed, share)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
-            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)))
+            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)), pads.get(_pad_key(seeded)))
             out = run_pad(ns.train, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded, text=text,
                           evaluate=False)  # fmt: skip
             if _align_key(seeded) is not None:
                 aligns.setdefault(_align_key(seeded), run_dir / "align")
+            if not seeded.get("calibrate"):  # a calibrated stage 3 is not its twin's
+                pads.setdefault(_pad_key(seeded), run_dir / "pad")
             fresh = new_item_results(out, ns, args.encoder, full_text)
             print(f"{name}, seed {seed}:\n{new_item_table(fresh, share)}", flush=True)
             valid = evaluate_stages(out, ns.train, stage="valid")
@@ -454,6 +494,13 @@ def choose_default(
     "skipped": {P: reason}}``.
     """
     acc = {(r["dataset"], r["model"]): r for r in records if r.get("task") == "accuracy"}
+    # the selection half of the validation users when every candidate seed has it (calibration chose on the other
+    # half; comparing there is fair to calibrated and uncalibrated presets alike), else every validation user
+    candidates = [
+        acc[(d, pad_name(backbone, p))] for p in PRESETS for d in datasets if (d, pad_name(backbone, p)) in acc
+    ]
+    seeds_all = [s for r in candidates for s in r.get("per_seed") or []]
+    key = "valid_select" if seeds_all and all("backbone_valid_select" in s for s in seeds_all) else "valid"
     problems: list[str] = []
     table: dict[str, Any] = {}
     skipped: dict[str, str] = {}
@@ -468,14 +515,16 @@ def choose_default(
         for d in datasets:
             rec = acc[(d, name)]
             seeds = rec.get("per_seed") or []
-            lacking = [s.get("seed") for s in seeds if "valid" not in s or "backbone_valid" not in s]
+            lacking = [s.get("seed") for s in seeds if key not in s or f"backbone_{key}" not in s]
             why = [f"no validation numbers for seeds {lacking or rec.get('seeds')}"] if not seeds or lacking else []
             if (rec.get("config") or {}).get("preset") != preset:
                 why.append(f"not made with --presets {preset} (no preset in its config)")
             if why:
                 problems.append(f"{d} {name}: {'; '.join(why)}")
             else:
-                per_dataset[d] = _relative(seeds, name, d, problems)
+                per_dataset[d] = _relative(seeds, name, d, problems, key)
+            if PRESETS[preset].get("calibrate") and key != "valid_select":
+                problems.append(f"{d} {name}: a calibrated preset needs numbers on the selection half (valid_select)")
         if len(per_dataset) == len(datasets) and all(v is not None for v in per_dataset.values()):
             eligible = all(v["rel_cold"] >= 0 for v in per_dataset.values())
             score = float(np.mean([v["rel"] for v in per_dataset.values()]))
@@ -497,20 +546,22 @@ def choose_default(
     winner = max(eligible, key=lambda p: table[p]["score"]) if eligible else None
     rule = (
         "best mean (over " + " and ".join(datasets) + ") relative change of validation NDCG@10 over its own backbone, "
-        "among presets that do not lose validation NDCG@10 on cold items on any dataset"
+        "among presets that do not lose validation NDCG@10 on cold items on any dataset; users: "
+        + ("the selection half of the validation users" if key == "valid_select" else "every validation user")
     )
-    return {"winner": winner, "rule": rule, "presets": table, "skipped": skipped}
+    return {"winner": winner, "rule": rule, "presets": table, "skipped": skipped, "users": key}
 
 
-def _relative(seeds: list[dict], name: str, dataset: str, problems: list[str]) -> dict | None:
-    """Relative change of validation NDCG@10 (overall and cold) of one PAD record over its own backbone."""
+def _relative(seeds: list[dict], name: str, dataset: str, problems: list[str], key: str = "valid") -> dict | None:
+    """Relative change of validation NDCG@10 (overall and cold) of one PAD record over its own backbone, from the
+    seeds' ``key`` numbers (``valid``: every validation user; ``valid_select``: the selection half)."""
 
     def mean(key: str, cold: bool) -> float | None:
         vals = [(s[key]["groups"].get("cold", {}) if cold else s[key]).get("NDCG@10") for s in seeds]
         return None if any(v is None for v in vals) else float(np.mean(vals))
 
-    pad, base = mean("valid", False), mean("backbone_valid", False)
-    pad_cold, base_cold = mean("valid", True), mean("backbone_valid", True)
+    pad, base = mean(key, False), mean(f"backbone_{key}", False)
+    pad_cold, base_cold = mean(key, True), mean(f"backbone_{key}", True)
     if None in (pad, base, pad_cold, base_cold) or not base or not base_cold:
         problems.append(f"{dataset} {name}: validation NDCG@10 (overall and cold, PAD and backbone) incomplete or 0")
         return None

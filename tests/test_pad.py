@@ -352,6 +352,85 @@ def test_gate_lr_moves_the_gates_alone(pad_run, toy, tmp_path):
         PAD(params={"gate_lr": 0})
 
 
+def test_blend_falls_back_to_the_collab_expert_per_bin_and_survives_save_load_and_new_items(pad_run, toy, tmp_path):
+    split, text = toy
+    pad = Recommender.load(pad_run.run_dir / "pad")
+    net = pad.net
+    hist = split.histories("test")[:8]
+    with torch.inference_mode():
+        mixed = pad.score(hist)
+        with net.only("collab"):
+            alone = pad.score(hist)
+        net.set_blend([0.0] * 10)
+        assert torch.allclose(pad.score(hist), alone, atol=1e-5)  # share 0 everywhere: the collab expert alone
+        half = [1.0] * 5 + [0.0] * 5  # the popular half keeps the mixture, the cold half falls back
+        net.set_blend(half)
+        got = pad.score(hist)
+    cold_items = (net.item_bins >= 5).numpy()
+    assert torch.allclose(got[:, ~cold_items], mixed[:, ~cold_items], atol=1e-5)
+    assert torch.allclose(got[:, cold_items], alone[:, cold_items], atol=1e-5)
+    with torch.inference_mode(), net.only("aligned"):  # one expert alone ignores the blend, then restores it
+        assert not torch.allclose(pad.score(hist), got)
+    assert torch.equal(net.item_blend, torch.as_tensor(half)[net.item_bins])
+    pad.save(tmp_path / "blended")
+    again = Recommender.load(tmp_path / "blended")
+    with torch.inference_mode():
+        assert torch.allclose(again.score(hist), got, atol=1e-6)
+    # a run saved before blending existed (no item_blend in model.pt) loads as the plain mixture
+    state = torch.load(pad_run.run_dir / "pad" / "model.pt")
+    state.pop("item_blend", None)
+    pad.load_state_dict(state)
+    assert bool((pad.net.item_blend == 1).all())
+    # items added from text keep the full mixture (their collab score is 0: falling back would hide them)
+    again.add_item_vectors(["new1"], text[1:2])
+    assert again.net.item_blend[-1] == 1.0 and again.net.item_blend.numel() == again.net.item_bins.numel()
+    with pytest.raises(ValueError, match="blend values in"):
+        net.set_blend([2.0] * 10)
+
+
+def test_search_blend_keeps_cold_items_at_the_collab_experts_level():
+    from padrec.pad.calibrate import search_blend
+
+    # a made-up world of 2 bins: the mixture helps overall via bin 0 (popular) and hurts cold items via bin 1
+    def measure(blend):
+        a0, a1 = blend
+        return 0.10 + 0.02 * a0 - 0.001 * a1, 0.05 - 0.02 * a1 + 0.001 * a0
+
+    found = search_blend(measure, 2)
+    assert found["blend"] == [1.0, 0.0]  # keep the mixture where it helps, fall back where cold items pay
+    assert found["cold_floor"] == pytest.approx(0.05) and found["cold"] >= found["cold_floor"]
+    assert found["evaluations"] == 2 + 2 * 4
+
+    # the mixture helps cold items too: nothing to undo
+    assert search_blend(lambda b: (0.1 + 0.01 * sum(b), 0.05 + 0.01 * sum(b)), 3)["blend"] == [1.0, 1.0, 1.0]
+
+
+def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pad_run, toy, tmp_path):
+    import json
+    import shutil
+
+    from padrec.pad.calibrate import validation_halves
+    from padrec.pad.recommender import PADConfig
+
+    split, text = toy
+    run = tmp_path / "cal"
+    shutil.copytree(pad_run.run_dir, run)
+    out = run_pad(split, run, overrides={**FAST, "calibrate": True}, text=text)
+    assert "pad" in out.skipped  # stage 3 reused as trained, then calibrated
+    cal = json.loads((run / "pad" / "calibration.json").read_text())
+    a, b = validation_halves(split, seed=FAST.get("seed", 42))
+    assert cal["users"] == len(a) and len(a) + len(b) == len(split.users("valid")) and not set(a) & set(b)
+    assert cal["cold"] >= cal["cold_floor"] == pytest.approx(cal["collab_alone"]["cold"])
+    assert cal["overall"] >= cal["learned"]["overall"] or cal["learned"]["cold"] < cal["cold_floor"]
+    assert torch.equal(out.pad.net.item_blend, torch.as_tensor(cal["blend"])[out.pad.net.item_bins])
+    saved = json.loads((run / "pad" / "config.json").read_text())
+    assert saved["params"]["calibrate"] is True
+    again = run_pad(split, run, overrides={**FAST, "calibrate": True}, text=text)
+    assert "calibrate" in again.skipped and torch.equal(again.pad.net.item_blend, out.pad.net.item_blend)
+    with pytest.raises(ValueError, match="calibrate=true falls back to the collab expert"):
+        PADConfig(experts=["aligned", "text"], calibrate=True)
+
+
 # -- bench/bench_pad.py: validation numbers, new items, choosing the default on validation users -----------------
 
 
@@ -416,6 +495,21 @@ def test_choose_default_uses_validation_numbers_not_test_numbers(bench):
     assert choice["winner"] is None and "winner: none" in bench.choice_table(choice)
 
 
+def test_choose_default_compares_on_the_selection_half_that_calibration_never_saw(bench):
+    bb = [(0.10, 0.02)]
+    records = [_made(bench, d, p, [(0.11, 0.03)], bb) for d in ("ml-1m", "amazon-beauty") for p in ("paper", "simcal")]
+    with pytest.raises(SystemExit, match="a calibrated preset needs numbers on the selection half"):
+        bench.choose_default(records)
+    for r in records:  # on the untouched half, simcal loses on cold items of ml-1m: out, whatever all users say
+        cold = 0.01 if (r["dataset"], r["model"]) == ("ml-1m", "pad-sasrec-simcal") else 0.025
+        r["per_seed"][0]["valid_select"] = {"NDCG@10": 0.12, "groups": {"cold": {"NDCG@10": cold}}}
+        r["per_seed"][0]["backbone_valid_select"] = {"NDCG@10": 0.10, "groups": {"cold": {"NDCG@10": 0.02}}}
+    choice = bench.choose_default(records)
+    assert choice["users"] == "valid_select" and choice["winner"] == "paper"
+    assert not choice["presets"]["simcal"]["eligible"] and "selection half" in bench.choice_table(choice)
+    assert choice["presets"]["paper"]["datasets"]["ml-1m"]["rel"] == pytest.approx(0.2)
+
+
 def test_choose_default_refuses_without_validation_numbers(bench):
     bb = [(0.10, 0.02)]
     good = [_made(bench, d, p, [(0.11, 0.021)], bb) for d in ("ml-1m", "amazon-beauty") for p in ("paper", "simfrozen")]
@@ -451,12 +545,12 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
     fast = ["max_epochs=1", "limit_train_batches=3", "backbone.max_epochs=1", "backbone.limit_train_batches=3",
             "backbone.max_len=20", "backbone.d=16", "backbone.n_layers=1"]  # fmt: skip
     where = ["--results", str(results), "--work", str(work), "--dataset", "ml-100k", "--seeds", "0"]
-    bench.main([*where, "--presets", "paper", "simfrozen", "--", *fast])
+    bench.main([*where, "--presets", "paper", "simfrozen", "simcal", "--", *fast])
     bench.main([*where, "--presets", "simfrozen", "--new-items", "0.1", "--", *fast])
 
     records = json.loads((results / "pad.json").read_text())["records"]
     acc = {r["model"]: r for r in records if r["task"] == "accuracy"}
-    assert set(acc) == {"sasrec", "pad-sasrec", "pad-sasrec-simfrozen"}
+    assert set(acc) == {"sasrec", "pad-sasrec", "pad-sasrec-simfrozen", "pad-sasrec-simcal"}
     base = acc["sasrec"]["per_seed"][0]
     for name, preset in (("pad-sasrec", "paper"), ("pad-sasrec-simfrozen", "simfrozen")):
         rec = acc[name]
@@ -480,6 +574,12 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
     sim_align, paper_align = (work / "ml-100k" / f"sasrec{p}-seed0" / "align" for p in ("-simfrozen", ""))
     assert not (sim_align / "checkpoints").exists() and (paper_align / "checkpoints").exists()
     assert (sim_align / "model.pt").read_bytes() == (paper_align / "model.pt").read_bytes()
+    # simcal starts from simfrozen's very stage 3 and calibrates it: recorded per seed, on the other half's users
+    cal_seed = acc["pad-sasrec-simcal"]["per_seed"][0]
+    assert cal_seed["calibration"]["cold"] >= cal_seed["calibration"]["cold_floor"]
+    assert not (work / "ml-100k" / "sasrec-simcal-seed0" / "pad" / "checkpoints").exists()
+    assert cal_seed["valid_select"]["users"] + cal_seed["calibration"]["users"] == cal_seed["valid"]["users"]
+    assert cal_seed["backbone_valid_select"] == acc["sasrec"]["per_seed"][0]["valid_select"]
 
     new = {r["model"]: r for r in records if r["task"] == "newitems"}
     assert set(new) == {"sasrec", "pad-sasrec-simfrozen"}

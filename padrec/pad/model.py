@@ -215,6 +215,9 @@ class PADNet(nn.Module):
         init = gate_init(n_bins)
         self.gates = nn.Parameter(torch.stack([init[k] for k in self.names]), requires_grad=learn_gates)
         self.register_buffer("item_bins", item_bins.long().clone())
+        # per-item share of the gated mixture, the rest going to the collaborative expert alone: 1 everywhere
+        # unless the gates were calibrated on validation users (padrec.pad.calibrate); items added later keep 1
+        self.register_buffer("item_blend", torch.ones(item_bins.numel()))
         self._serving: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
     # -- serving cache: item tables (and the gate-weighted fused table) depend only on weights --------
@@ -233,6 +236,23 @@ class PADNet(nn.Module):
         self.invalidate()
         return super().load_state_dict(*args, **kwargs)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # runs saved before calibration existed have no item_blend: theirs is the plain mixture (all ones)
+        state_dict.setdefault(prefix + "item_blend", torch.ones_like(self.item_blend))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_blend(self, per_bin: Sequence[float] | torch.Tensor) -> None:
+        """Set every item's mixture share from its gate bin's value (``[n_bins]``; 1 = the learned mixture, 0 = the
+        collaborative expert alone)."""
+        if "collab" not in self.names:
+            raise ValueError(f"blending falls back to the collaborative expert, which is not in {list(self.names)}")
+        per_bin = torch.as_tensor(per_bin, dtype=self.item_blend.dtype)
+        if per_bin.shape != (self.gates.shape[1],) or not bool(((per_bin >= 0) & (per_bin <= 1)).all()):
+            raise ValueError(f"expected {self.gates.shape[1]} blend values in [0, 1], got {per_bin.tolist()}")
+        with torch.inference_mode(False):  # a normal tensor even when called under inference mode: loads copy into it
+            self.item_blend = per_bin.clone()[self.item_bins.clone()]
+        self.invalidate()
+
     def serving_tables(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-expert item tables and ``[n_items + 1, n_experts * d]`` = concat_k w_k(bin(i)) · item_k(i),
         computed once in eval mode: the fused score is then one matmul with the concatenated user vectors.
@@ -250,14 +270,16 @@ class PADNet(nn.Module):
     def only(self, expert: str) -> Iterator[None]:
         """Score with one expert alone (its gate weight 1, the others 0): how good is each expert by itself?"""
         k = self.names.index(expert)
-        saved = self.gates.data.clone()
+        saved, blend = self.gates.data.clone(), self.item_blend.clone()
         self.gates.data.fill_(-1e4)
         self.gates.data[k] = 1e4
+        self.item_blend.fill_(1.0)
         self.invalidate()
         try:
             yield
         finally:
             self.gates.data.copy_(saved)
+            self.item_blend.copy_(blend)
             self.invalidate()
 
     def gate_weights(self) -> torch.Tensor:
@@ -266,8 +288,13 @@ class PADNet(nn.Module):
         return s / s.sum(0, keepdim=True)
 
     def item_weights(self) -> torch.Tensor:
-        """``[n_experts, n_items + 1]`` gate weight of each expert for each item."""
-        return self.gate_weights()[:, self.item_bins]
+        """``[n_experts, n_items + 1]`` gate weight of each expert for each item (after any calibrated blend)."""
+        w = self.gate_weights()[:, self.item_bins]
+        if "collab" not in self.names or bool((self.item_blend == 1).all()):
+            return w
+        alone = torch.zeros_like(w)
+        alone[self.names.index("collab")] = 1.0
+        return self.item_blend * w + (1 - self.item_blend) * alone
 
     def tables(self) -> list[torch.Tensor]:
         return [self.experts[k].all_vectors() for k in self.names]

@@ -56,6 +56,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # padrec's cold-item variant: training-free title similarity to the last item as the third expert, the
     # pre-trained experts frozen (only gates and the similarity scale learn); see README, Results
     "simfrozen": {"experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"]},
+    # simfrozen, then each gate bin's share of the mixture calibrated on half of the validation users so that
+    # cold items do not lose to the backbone there (padrec.pad.calibrate)
+    "simcal": {"experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"], "calibrate": True},
 }
 
 
@@ -197,6 +200,19 @@ def run_pad(
             resume=(pd_dir / "checkpoints" / "last.ckpt").exists(),
             text_expert=out.text_expert,
         )
+    # After stage 3 (optional): calibrate the gates' mixture share per bin on validation users
+    cal = pd_dir / "calibration.json"
+    if params.get("calibrate") and not cal.exists():
+        from padrec.pad.calibrate import calibrate
+
+        log.info("calibrating the gates on validation users")
+        found = calibrate(out.pad, split, seed=stage_train.get("seed", 0))
+        out.pad.params = out.pad.params.model_copy(update={"calibrate": True})  # a copied stage 3 had it off
+        out.pad.config["params"]["calibrate"] = True
+        out.pad.save(pd_dir)
+        atomic_write_text(cal, json.dumps(found, indent=2))
+    elif cal.exists():
+        out.skipped.append("calibrate")
     atomic_write_text(
         run_dir / "pad.json",
         json.dumps(
