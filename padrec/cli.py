@@ -283,7 +283,11 @@ def pad(
     data_dir: DataDir = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/DATASET/pad-BACKBONE).")] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Named configuration: paper (the published design) or simfrozen (padrec's).")
+        str | None,
+        typer.Option(
+            help="Named configuration: paper (the published design), simfrozen (padrec's: title-similarity expert, "
+            "pre-trained experts frozen) or simcal (simfrozen with its gates calibrated on validation users)."
+        ),
     ] = None,
     new_items: Annotated[
         float | None,
