@@ -403,6 +403,8 @@ def test_search_blend_keeps_cold_items_at_the_collab_experts_level():
 
     # the mixture helps cold items too: nothing to undo
     assert search_blend(lambda b: (0.1 + 0.01 * sum(b), 0.05 + 0.01 * sum(b)), 3)["blend"] == [1.0, 1.0, 1.0]
+    # both aims count: +40% on cold items is not traded for +1% overall (an overall-only rule would fall back)
+    assert search_blend(lambda b: (0.101 - 0.001 * b[0], 0.05 + 0.02 * b[0]), 1)["blend"] == [1.0]
 
 
 def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pad_run, toy, tmp_path):
@@ -421,7 +423,10 @@ def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pa
     a, b = validation_halves(split, seed=FAST.get("seed", 42))
     assert cal["users"] == len(a) and len(a) + len(b) == len(split.users("valid")) and not set(a) & set(b)
     assert cal["cold"] >= cal["cold_floor"] == pytest.approx(cal["collab_alone"]["cold"])
-    assert cal["overall"] >= cal["learned"]["overall"] or cal["learned"]["cold"] < cal["cold_floor"]
+    def gain(m):
+        return m["overall"] / cal["collab_alone"]["overall"] + m["cold"] / cal["collab_alone"]["cold"]
+
+    assert gain(cal) >= gain(cal["learned"]) or cal["learned"]["cold"] < cal["cold_floor"]
     assert torch.equal(out.pad.net.item_blend, torch.as_tensor(cal["blend"])[out.pad.net.item_bins])
     saved = json.loads((run / "pad" / "config.json").read_text())
     assert saved["params"]["calibrate"] is True
