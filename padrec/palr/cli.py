@@ -286,7 +286,7 @@ def evaluate_cmd(
     """Full-ranking HR/NDCG of PALR vs its retriever on a seeded user sample; hallucination/fallback counts."""
     from padrec.palr.finetune import finetuned_path
     from padrec.palr.lm import load_causal_lm
-    from padrec.palr.pipeline import evaluate_palr, palr_label
+    from padrec.palr.pipeline import evaluate_palr, palr_label, ranking_lm
 
     split, run_dir, cfg = _setup(
         ctx,
@@ -303,7 +303,7 @@ def evaluate_cmd(
         max_users=max_users,
     )
     tuned = None if zero_shot else finetuned_path(run_dir / "finetune")  # there is one: _setup checked
-    model = _run(lambda: load_causal_lm(str(tuned) if tuned else cfg.lm))
+    model = _run(lambda: ranking_lm(load_causal_lm(str(tuned) if tuned else cfg.lm), cfg))
     ev = _run(lambda: evaluate_palr(split, cfg, model, palr_label(cfg, tuned is not None), run_dir))
     typer.echo(json.dumps(ev.to_dict(), indent=2) if as_json else ev.table())
 

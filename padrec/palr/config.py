@@ -65,6 +65,9 @@ class PALRConfig(Strict):
     # verbalizer: candidates listed with one-token labels, one forward pass scores them all (LlamaRec-style)
     mode: Literal["likelihood", "generation", "verbalizer"] = "likelihood"
     verbalizer_batch: int = Field(default=8, ge=1)  # users per forward pass in verbalizer mode
+    # the ranking LM's weights: bfloat16 is ~2.5x faster on CPUs with avx512_bf16 (and on GPUs), scores differ
+    # slightly (label log-probs by ~0.1 on SmolLM2); part of the ranking cache key. Fine-tuning uses `precision`.
+    lm_dtype: Literal["float32", "bfloat16"] = "float32"
     length_norm: Literal["mean", "sum"] = "mean"
     candidate_batch: int = Field(default=64, ge=1)
     gen_batch_size: int = Field(default=4, ge=1)

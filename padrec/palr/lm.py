@@ -262,7 +262,10 @@ def load_causal_lm(spec: str = "smollm2", dtype: Any = None, device: str | None 
     spec = str(spec)
     if spec in PACKAGED:
         locate, name = PACKAGED[spec]
-        model, tok = _load_gguf(locate(), name, dtype)
+        # the cached copy is float32 (its name says so, and text encoders read it too): cast after loading
+        model, tok = _load_gguf(locate(), name, torch.float32)
+        if dtype != torch.float32:
+            model = model.to(dtype)
         if spec.startswith("gemma3") and not getattr(tok, "chat_template", None):
             tok.chat_template = GEMMA_CHAT_TEMPLATE
     elif spec.startswith("hf:"):
@@ -378,37 +381,77 @@ def label_token_ids(lm: CausalLM, labels: Sequence[str], prefix: str = "[") -> l
     return ids
 
 
-def next_token_logits(lm: CausalLM, texts: Sequence[str], token_ids: Sequence[int], batch_size: int = 8) -> np.ndarray:
+def next_token_logits(
+    lm: CausalLM, texts: Sequence[str], token_ids: Sequence[int], batch_size: int = 8, by_length: bool = True
+) -> np.ndarray:
     """Log-probabilities of ``token_ids`` as the next token after each raw ``text`` (already wrapped), ``[B, T]``.
 
-    One forward pass per batch of texts, left-padded so the last position is every row's next-token position."""
+    One forward pass per batch of texts, left-padded so the last position is every row's next-token position.
+    With ``by_length`` the texts are batched in order of token count (a batch costs its longest row, so similar
+    lengths waste less on padding); rows come back in the caller's order either way. Only the last position is
+    projected onto the vocabulary where the model allows it (:func:`_forward_options`), and a half-precision
+    model's last projection runs in float32 (:func:`_float_head`)."""
     import torch
 
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else lm.eos_id
     want = torch.as_tensor(list(token_ids), dtype=torch.long)
+    encoded = [lm.encode(t) for t in texts]
+    rows = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if by_length else list(range(len(encoded)))
+    takes_positions, keep_last = _forward_options(lm.model)
     out = np.zeros((len(texts), len(want)), dtype=np.float64)
-    for lo in range(0, len(texts), batch_size):
-        ids = [lm.encode(t) for t in texts[lo : lo + batch_size]]
+    for lo in range(0, len(rows), batch_size):
+        chunk = rows[lo : lo + batch_size]
+        ids = [encoded[i] for i in chunk]
         width = max(len(x) for x in ids)
         inp = torch.full((len(ids), width), pad, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
         for r, x in enumerate(ids):
             inp[r, width - len(x) :] = torch.tensor(x)
             mask[r, width - len(x) :] = 1
-        # left padding shifts positions: give each row positions counted from its first real token
-        pos = (mask.cumsum(1) - 1).clamp_min(0)
-        with torch.inference_mode():
-            kw = {"position_ids": pos.to(lm.device)} if _takes_positions(lm.model) else {}
+        kw: dict[str, Any] = {"logits_to_keep": 1} if keep_last else {}
+        if takes_positions:
+            # left padding shifts positions: give each row positions counted from its first real token
+            kw["position_ids"] = (mask.cumsum(1) - 1).clamp_min(0).to(lm.device)
+        with torch.inference_mode(), _float_head(lm.model):
             logits = lm.model(input_ids=inp.to(lm.device), attention_mask=mask.to(lm.device), **kw).logits[:, -1]
-        out[lo : lo + len(ids)] = logits.float().log_softmax(-1)[:, want.to(logits.device)].cpu().numpy()
+        out[chunk] = logits.float().log_softmax(-1)[:, want.to(logits.device)].cpu().numpy()
     return out
 
 
-def _takes_positions(model: Any) -> bool:
+@contextlib.contextmanager
+def _float_head(model: Any) -> Iterator[None]:
+    """While active, a bfloat16/float16 model's output projection (``get_output_embeddings``) computes in float32.
+
+    Half-precision logits are rounded to ~3 significant digits (steps of 0.06 at logit 10): label scores tie and
+    swap. Projecting the last hidden state in float32 costs one vocabulary-sized matmul per row and removes that
+    rounding; anything the model applies after the head (a soft cap) then runs on the float32 logits."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if not isinstance(head, torch.nn.Linear) or weight is None or weight.dtype == torch.float32:
+        yield
+        return
+
+    def project(module: Any, args: tuple, output: Any) -> Any:
+        bias = None if module.bias is None else module.bias.float()
+        return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
+
+    handle = head.register_forward_hook(project)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _forward_options(model: Any) -> tuple[bool, bool]:
+    """(takes ``position_ids``, takes ``logits_to_keep``): the latter lets HF models project only the last
+    position onto the vocabulary (same numbers; without it a 49k-token head runs over every prompt position)."""
     import inspect
 
-    return "position_ids" in inspect.signature(model.forward).parameters
+    params = inspect.signature(model.forward).parameters
+    return "position_ids" in params, "logits_to_keep" in params
 
 
 def continuation_logprobs(

@@ -229,6 +229,28 @@ def check_finetune_stage(split: Split, run_dir: str | Path, cfg: PALRConfig) -> 
 
 
 # -- stage 3: evaluation -----------------------------------------------------------------------
+def lm_dtype(lm: Any) -> str | None:
+    """``"float32"`` / ``"bfloat16"`` / ...: the dtype of the LM's weights (``None`` for a non-torch stand-in)."""
+    model = getattr(lm, "model", None)
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return None
+    p = next(iter(params()), None)
+    return None if p is None else str(p.dtype).removeprefix("torch.")
+
+
+def ranking_lm(lm: Any, cfg: PALRConfig) -> Any:
+    """``lm`` with its weights cast, in place, to ``cfg.lm_dtype`` for ranking (a no-op when they already are).
+
+    Cast after loading, so a model handed in (fine-tuned, merged) gets the ranking dtype too."""
+    want = cfg.lm_dtype
+    if lm is not None and lm_dtype(lm) not in (None, want):
+        import torch
+
+        lm.model.to(getattr(torch, want))
+    return lm
+
+
 @dataclass
 class PALREvaluation:
     results: Results
@@ -290,6 +312,12 @@ def evaluate_palr(
     """Full-ranking metrics of PALR on a seeded sample of ``cfg.max_users`` users, next to its retriever's."""
     stage = stage or cfg.stage
     progress = cfg.progress if progress is None else progress
+    have = lm_dtype(lm)
+    if cfg.lm_dtype != "float32" and have not in (None, cfg.lm_dtype):
+        raise ConfigError(
+            f"lm_dtype={cfg.lm_dtype} but the language model passed has {have} weights: "
+            "cast it first (padrec.palr.pipeline.ranking_lm(lm, cfg))"
+        )
     sub = sample_users(split, cfg.max_users, cfg.users_seed, stage)
     retriever = retriever if retriever is not None else load_retriever(cfg.retriever, split)
     catalog = ItemCatalog.from_dataset(split.dataset, cfg.item_format)
@@ -323,7 +351,9 @@ def evaluate_palr(
         + f" (its Recall@{cfg.n_candidates}={recall[f'Recall@{cfg.n_candidates}']:.4f})"
         + f"; ranking: {cfg.mode}"
         + (f" ({cfg.length_norm} log-likelihood)" if cfg.mode == "likelihood" else "")
-        + f"; lm: {getattr(lm, 'spec', None) or 'none (retriever order)'}; profile: {cfg.profile}"
+        + f"; lm: {getattr(lm, 'spec', None) or 'none (retriever order)'}"
+        + (f" ({have})" if have not in (None, "float32") else "")
+        + f"; profile: {cfg.profile}"
         + f"; prompts {PROMPT_VERSION}"
         + ("; UPPER BOUND: the target is forced into the candidates" if cfg.upper_bound else "")
     )
@@ -353,6 +383,13 @@ def ranking_cache_path(
         "prompt_version": PROMPT_VERSION,
         "config": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_RANKING},
     }
+    # float32 (the default, and all there was before lm_dtype) leaves the digest as it was, so earlier caches resume;
+    # any other dtype, asked for or found in the weights, gives its own file
+    if ident["config"].get("lm_dtype") == "float32":
+        del ident["config"]["lm_dtype"]
+    have = lm_dtype(lm)
+    if have not in (None, "float32"):
+        ident["dtype"] = have
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(run_dir) / "eval" / f"{label}-{stage}.ranking-{digest}.jsonl"
 
@@ -396,7 +433,7 @@ def run_palr(
         if reused:
             skipped.append("finetune")
     label = palr_label(cfg, finetuned=not zero_shot)
-    ev = evaluate_palr(split, cfg, lm, label, run_dir)
+    ev = evaluate_palr(split, cfg, ranking_lm(lm, cfg), label, run_dir)
     if ev.palr["users"] and ev.palr["resumed_users"] == ev.palr["users"]:
         skipped.append("ranking")
     ev.palr["pipeline_seconds"] = round(time.perf_counter() - t0, 3)
