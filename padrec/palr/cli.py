@@ -81,7 +81,7 @@ def _setup(
     if overrides.get("max_users") == 0:
         overrides["max_users"] = None
     cfg = _run(lambda: load_palr_config(ds.name, overrides))
-    ranks = command in ("evaluate", "run")
+    ranks = command in ("evaluate", "run") or (command == "finetune" and cfg.select_every > 0)  # selection ranks
     # a bad retriever fails before any LM loads or anything is written; one that ranks is checked against the data
     _run(lambda: check_retriever(cfg.retriever, ds if ranks else None))
     run_dir = run_dir or Path("runs") / ds.name / "palr"

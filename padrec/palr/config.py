@@ -61,6 +61,17 @@ class PALRConfig(Strict):
     precision: str = "32-true"
     accelerator: str = "auto"
     progress: bool = True
+    # -- model selection on validation users (fine-tuning) ----------------------------------------
+    # 0 = off (the last step's weights are kept). N = every N optimiser steps (and once at the end) rank a fixed
+    # sample of VALIDATION users with `mode`, keep the adapter with the best NDCG@10 (finetune/best/) and stop after
+    # `select_patience` evaluations without improvement. Off by default: each evaluation is an LM ranking pass
+    # (seconds with verbalizer, minutes with likelihood/generation on CPU), so it is opt-in where it pays.
+    select_every: int = Field(default=0, ge=0)
+    # 100 users (half the default test sample): NDCG@10 on 100 users has a standard error of ~0.02-0.03, enough to
+    # see a model learn or degrade while an evaluation stays cheap next to the training it watches. None = every one.
+    select_users: int | None = Field(default=100, ge=1)
+    # 3 evaluations without a strictly better score: one unlucky sample does not end training, a plateau does
+    select_patience: int = Field(default=3, ge=1)
     # -- ranking ----------------------------------------------------------------------------
     # verbalizer: candidates listed with one-token labels, one forward pass scores them all (LlamaRec-style)
     mode: Literal["likelihood", "generation", "verbalizer"] = "likelihood"

@@ -177,8 +177,29 @@ def run_finetune(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = N
     examples = read_examples(run_dir / "data")
     lm = lm or load_causal_lm(cfg.lm)
     record = {k: meta.get(k) for k in _DATA_RECORD}
-    lm, summary = finetune(lm, examples, cfg, ft_dir, resume=resume, record={"data": record})
+    select = selection_score(split, cfg) if cfg.select_every > 0 else None
+    lm, summary = finetune(lm, examples, cfg, ft_dir, resume=resume, record={"data": record}, select=select)
     return lm, summary, False
+
+
+def selection_score(split: Split, cfg: PALRConfig, retriever: Any = None) -> Any:
+    """``score(lm) -> (NDCG@10, users)`` for model selection during fine-tuning: :func:`evaluate_palr` on a seeded
+    sample of ``cfg.select_users`` VALIDATION users (drawn once, with ``users_seed``; never test users), ranked
+    with ``cfg.mode`` and ``cfg.retriever``'s candidates exactly as at inference, in the weights' own dtype (the
+    model under training; ``lm_dtype`` is a cast for the final ranking). Nothing is written."""
+    sub = sample_users(split, cfg.select_users, cfg.users_seed, "valid")
+    n_users = len(sub.users("valid"))
+    if n_users == 0:
+        raise ConfigError(f"select_every={cfg.select_every}: {split.dataset.name} has no validation users to select on")
+    retriever = retriever if retriever is not None else load_retriever(cfg.retriever, split)
+    # max_users=None: the sample above is the whole set; float32 skips the dtype check (the weights are as trained)
+    rank_cfg = cfg.model_copy(update={"max_users": None, "lm_dtype": "float32", "progress": False})
+
+    def score(lm: Any) -> tuple[float, int]:
+        ev = evaluate_palr(sub, rank_cfg, lm, "palr-select", retriever=retriever, stage="valid", progress=False)
+        return float(ev.results.overall["NDCG@10"]), int(ev.results.n_users)
+
+    return score
 
 
 _DATA_RECORD = ("dataset", "n_items", "data_fingerprint", "retrieval_format")
@@ -224,8 +245,22 @@ def check_finetune_stage(split: Split, run_dir: str | Path, cfg: PALRConfig) -> 
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{done} is unreadable ({e}); delete {done.parent} to fine-tune again") from None
     _check_same("fine-tuning", done.parent, saved, cfg, FINETUNE_FIELDS)
+    was, now = _selection_options(saved), _selection_options(cfg.model_dump(mode="json"))
+    if was != now:
+        raise ConfigError(
+            f"{done.parent} was made with other model-selection options ({was} -> {now}); use a new run directory"
+        )
     check_finetune_data(split, run_dir, cfg, summary)
     return summary
+
+
+def _selection_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The selection options that decide which weights a fine-tuning kept (none when off, as in runs made before
+    selection existed)."""
+    every = cfg.get("select_every") or 0
+    if not every:
+        return {"select_every": 0}
+    return {k: cfg.get(k) for k in ("select_every", "select_users", "select_patience")}
 
 
 # -- stage 3: evaluation -----------------------------------------------------------------------
@@ -366,7 +401,9 @@ def evaluate_palr(
 
 
 #: options that do not change any one user's ranking (which users are drawn is not part of a user's result)
+#: (the selection options only decide which weights rank, and the weights' fingerprint is part of the key)
 _NOT_RANKING = ("progress", "max_users", "users_seed", "retriever", "accelerator", "checkpoint_every")
+_NOT_RANKING += ("select_every", "select_users", "select_patience")
 
 
 def ranking_cache_path(
