@@ -5,11 +5,13 @@ hands the cold bins to the text side. Where text says little about what users pi
 that prior survives training and costs exactly the cold items PAD is meant to help. Calibration asks held-out
 users instead: for every gate bin, the share ``α`` of the learned mixture (the rest goes to the collaborative
 expert alone: the backbone itself when that expert is frozen) is chosen on a seeded half of the validation
-users. The objective is PAD's two aims at equal weight: the relative gain of their NDCG@10 over the
-collaborative expert alone plus the relative gain on cold items, under one constraint: NDCG@10 on cold items
-may not fall below the collaborative expert's. ``α = 0`` everywhere meets it, so a solution always exists. The
-other half of the validation users is left untouched, so configurations can still be compared on users no
-choice was made on.
+users: the best NDCG@10 of those users under one constraint, that their NDCG@10 on cold items be at least both
+the collaborative expert's alone (no loss to the backbone) and the learned mixture's (a gain the gates already
+made is not given away). ``α = 0`` everywhere meets the first and ``α = 1`` the second; a search that cannot meet
+both keeps the best cold score it finds. Why not weigh overall and cold gains alike: on ml-1m that rule bought
++32% on cold items with -6% overall (blending rescales a bin's scores against the others, which moves cold items
+up every list), a trade a default must not make. The other half of the validation users is left untouched, so
+configurations can still be compared on users no choice was made on.
 
 A deviation from the paper (which has no such step); padrec's ``simcal`` preset uses it.
 """
@@ -44,20 +46,18 @@ def _ndcg(ranks: np.ndarray) -> float:
 def search_blend(
     measure: Callable[[Sequence[float]], tuple[float, float]], n_bins: int, grid: Sequence[float] = GRID
 ) -> dict[str, Any]:
-    """Coordinate search, coldest bin first, one sweep: each bin's share is the grid value with the best
-    ``overall / overall_0 + cold / cold_0`` (``_0``: the collaborative expert alone, ``measure([0] * n)``) among
-    those keeping ``cold >= cold_0``; when none does, the one with the best cold score. A bin changes only on a
-    strict improvement.
+    """Coordinate search, coldest bin first, one sweep: each bin's share is the grid value with the best overall
+    score among those keeping ``cold >= max(cold of the collaborative expert alone (measure([0] * n)), cold of the
+    learned mixture (measure([1] * n)))``; when none does, the one with the best cold score. A bin changes only on
+    a strict improvement.
 
     ``measure(blend) -> (overall, cold)``; pure apart from it, so the rule is testable on made-up numbers.
     """
-    overall0, floor = measure([0.0] * n_bins)
+    alone = measure([0.0] * n_bins)
     blend = [1.0] * n_bins
     best = measure(blend)
+    floor = max(alone[1], best[1])
     evaluations = 2
-
-    def gain(m: tuple[float, float]) -> float:  # a base of 0 (no cold validation users): the plain value
-        return sum(v / base if base > 0 else v for v, base in zip(m, (overall0, floor), strict=True))
 
     for b in reversed(range(n_bins)):
         start = blend[b]  # already measured
@@ -68,17 +68,21 @@ def search_blend(
             got = measure(trial)
             evaluations += 1
             ok_now, ok_new = best[1] >= floor, got[1] >= floor
-            better = (ok_new and (not ok_now or gain(got) > gain(best))) or (
-                not ok_now and not ok_new and got[1] > best[1]
-            )
+            better = (ok_new and (not ok_now or got[0] > best[0])) or (not ok_now and not ok_new and got[1] > best[1])
             if better:
                 blend, best = trial, got
+    # one sweep can wander: the two ends (the backbone's scores, the learned mixture) stay in the running
+    for end in ([0.0] * n_bins, [1.0] * n_bins):
+        got = measure(end)
+        ok_now, ok_new = best[1] >= floor, got[1] >= floor
+        if (ok_new and (not ok_now or got[0] > best[0])) or (not ok_now and not ok_new and got[1] > best[1]):
+            blend, best = end, got
     return {
         "blend": blend,
         "overall": best[0],
         "cold": best[1],
         "cold_floor": floor,
-        "objective": "overall / collab-alone overall + cold / collab-alone cold, subject to cold >= collab-alone cold",
+        "objective": "overall, subject to cold >= max(collab-alone cold, learned-mixture cold)",
         "evaluations": evaluations,
     }
 
