@@ -87,6 +87,13 @@ class PALRConfig(Strict):
     max_users: int | None = Field(default=200, ge=1)  # None = every user (slow with a real LM on CPU)
     users_seed: int = 0
     stage: Literal["valid", "test"] = "test"
+    # -- fusion with the retriever (padrec/palr/fusion.py) -------------------------------------------
+    # an extra row `<label>-fusion`: per user w * z(LM score) + (1 - w) * z(retriever score) over the candidates, w
+    # from {0, 0.1, ..., 1} by NDCG@10 on a seeded sample of `fusion_users` VALIDATION users (ranked once more by
+    # the LM, cached), then applied to the test users' stored scores (no LM call repeated). Off by default: the
+    # validation ranking costs LM time. Needs per-candidate scores (likelihood or verbalizer) and stage=test.
+    fusion: bool = False
+    fusion_users: int | None = Field(default=100, ge=1)  # None = every validation user
 
     @model_validator(mode="after")
     def _verbalizer_labels(self) -> PALRConfig:
@@ -99,6 +106,15 @@ class PALRConfig(Strict):
                         f"mode=verbalizer labels at most {len(LABELS)} candidates ([A]..[z]), "
                         f"got {key}={getattr(self, key)}"
                     )
+        if self.fusion and self.mode == "generation":
+            raise ValueError(
+                "fusion=true needs a score per candidate: use mode=likelihood or mode=verbalizer (generation only "
+                "orders the titles it writes)"
+            )
+        if self.fusion and self.stage != "test":
+            raise ValueError(
+                "fusion=true chooses its weight on validation users, so it is evaluated with stage=test only"
+            )
         return self
 
 

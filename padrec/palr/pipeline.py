@@ -193,7 +193,7 @@ def selection_score(split: Split, cfg: PALRConfig, retriever: Any = None) -> Any
         raise ConfigError(f"select_every={cfg.select_every}: {split.dataset.name} has no validation users to select on")
     retriever = retriever if retriever is not None else load_retriever(cfg.retriever, split)
     # max_users=None: the sample above is the whole set; float32 skips the dtype check (the weights are as trained)
-    rank_cfg = cfg.model_copy(update={"max_users": None, "lm_dtype": "float32", "progress": False})
+    rank_cfg = cfg.model_copy(update={"max_users": None, "lm_dtype": "float32", "progress": False, "fusion": False})
 
     def score(lm: Any) -> tuple[float, int]:
         ev = evaluate_palr(sub, rank_cfg, lm, "palr-select", retriever=retriever, stage="valid", progress=False)
@@ -286,6 +286,40 @@ def ranking_lm(lm: Any, cfg: PALRConfig) -> Any:
     return lm
 
 
+_RECORD_KEEP = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "users")
+
+
+@dataclass
+class FusionEvaluation:
+    """PALR fused with its retriever (:mod:`padrec.palr.fusion`): the test results with the weight chosen on
+    validation users, and the validation NDCG@10 of every weight tried."""
+
+    results: Results
+    weight: float
+    grid: dict[float, float]  # weight -> validation NDCG@10
+    valid_users: int
+    valid_reference: dict[str, float]  # validation NDCG@10 of pure PALR and of the retriever, same users
+    valid_resumed_users: int
+    note: str
+
+    def record(self, device: str = "cpu", seeds: list[int] | None = None) -> dict[str, Any]:
+        rec = self.results.record(device=device, seeds=seeds, note=self.note)
+        rec["metrics"] = {k: v for k, v in rec["metrics"].items() if k in _RECORD_KEEP}
+        rec["metrics"].update({"fusion_weight": self.weight, "valid_NDCG@10": self.grid[self.weight]})
+        return rec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": self.results.to_dict(),
+            "weight": self.weight,
+            "valid_grid": [{"weight": w, "NDCG@10": v} for w, v in self.grid.items()],
+            "valid_users": self.valid_users,
+            "valid_reference": self.valid_reference,
+            "valid_resumed_users": self.valid_resumed_users,
+            "note": self.note,
+        }
+
+
 @dataclass
 class PALREvaluation:
     results: Results
@@ -294,17 +328,19 @@ class PALREvaluation:
     palr: dict[str, Any]
     note: str
     examples: list[dict[str, Any]] = field(default_factory=list)
+    fusion: FusionEvaluation | None = None  # with cfg.fusion: the fused row
+    scores: dict[int, dict[str, list]] = field(default_factory=dict, repr=False)  # PALRRanker.scores, per user
 
     def records(self, device: str = "cpu", seeds: list[int] | None = None) -> list[dict[str, Any]]:
-        """MISSION §5 records: the PALR row (with hallucination/fallback/speed) and the retriever's row."""
-        keep = ("HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR@10", "users")
+        """MISSION §5 records: the PALR row (with hallucination/fallback/speed), the retriever's row, and with
+        fusion a third row, PALR fused with the retriever."""
         palr = self.results.record(device=device, seeds=seeds, note=self.note)
-        palr["metrics"] = {k: v for k, v in palr["metrics"].items() if k in keep}
+        palr["metrics"] = {k: v for k, v in palr["metrics"].items() if k in _RECORD_KEEP}
         palr["metrics"].update({k: self.palr[k] for k in ("hallucination_rate", "fallback_share", "users_per_second")})
         retr = self.retriever.record(device=device, seeds=seeds, note=f"PALR's retriever, same users as: {self.note}")
-        retr["metrics"] = {k: v for k, v in retr["metrics"].items() if k in keep}
+        retr["metrics"] = {k: v for k, v in retr["metrics"].items() if k in _RECORD_KEEP}
         retr["metrics"].update({k: v for k, v in self.recall.items() if k.startswith("Recall@")})
-        return [palr, retr]
+        return [palr, retr] + ([self.fusion.record(device, seeds)] if self.fusion is not None else [])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -314,16 +350,19 @@ class PALREvaluation:
             "retriever_recall": self.recall,
             "note": self.note,
             "examples": self.examples,
+            **({"fusion": self.fusion.to_dict()} if self.fusion is not None else {}),
         }
 
     def table(self) -> str:
         cols = ["HR@10", "NDCG@10"]
+        rows = (self.retriever, self.results) + ((self.fusion.results,) if self.fusion is not None else ())
+        wide = max(28, *(len(r.model) for r in rows))
         lines = [
             f"PALR on {self.results.dataset} ({self.results.stage}), protocol {self.results.protocol}",
-            f"{'model':28s} " + " ".join(f"{c:>8s}" for c in cols),
+            f"{'model':{wide}s} " + " ".join(f"{c:>8s}" for c in cols),
         ]
-        for r in (self.retriever, self.results):
-            lines.append(f"{r.model:28s} " + " ".join(f"{r.overall[c]:8.4f}" for c in cols))
+        for r in rows:
+            lines.append(f"{r.model:{wide}s} " + " ".join(f"{r.overall[c]:8.4f}" for c in cols))
         p = self.palr
         lines += [
             f"retriever {', '.join(f'{k}={v:.4f}' for k, v in self.recall.items() if k.startswith('Recall@'))}",
@@ -331,6 +370,8 @@ class PALREvaluation:
             f"users/s={p['users_per_second']:.3f}",
             f"note: {self.note}",
         ]
+        if self.fusion is not None:
+            lines.append(f"fusion: {self.fusion.note}")
         return "\n".join(lines)
 
 
@@ -343,10 +384,18 @@ def evaluate_palr(
     retriever: Any = None,
     stage: Stage | None = None,
     progress: bool | None = None,
+    fusion: bool | None = None,
 ) -> PALREvaluation:
-    """Full-ranking metrics of PALR on a seeded sample of ``cfg.max_users`` users, next to its retriever's."""
+    """Full-ranking metrics of PALR on a seeded sample of ``cfg.max_users`` users, next to its retriever's.
+
+    ``fusion`` (default: ``cfg.fusion`` on the test stage) adds ``.fusion``, PALR fused with the retriever
+    (:func:`evaluate_fusion`); with ``cfg.fusion`` the per-candidate scores are kept, and cached users ranked
+    before scores were stored are ranked again (counted in ``rescored_users``)."""
     stage = stage or cfg.stage
     progress = cfg.progress if progress is None else progress
+    fusion = (cfg.fusion and stage == "test") if fusion is None else fusion
+    if fusion and lm is None:
+        raise ConfigError("fusion=true fuses the LM's candidate scores with the retriever's: it needs a language model")
     have = lm_dtype(lm)
     if cfg.lm_dtype != "float32" and have not in (None, cfg.lm_dtype):
         raise ConfigError(
@@ -358,6 +407,7 @@ def evaluate_palr(
     catalog = ItemCatalog.from_dataset(split.dataset, cfg.item_format)
     ranker = PALRRanker(lm, retriever, cfg, catalog, profile_store(Path(run_dir) if run_dir else None, catalog), label)
     ranker.fit(split)
+    ranker.need_scores = cfg.fusion or fusion
     if cfg.upper_bound:
         ranker.forced = {int(u): int(t) for u, t in zip(sub.users(stage), sub.targets(stage), strict=True)}
     if run_dir is not None and lm is not None:
@@ -392,7 +442,9 @@ def evaluate_palr(
         + f"; prompts {PROMPT_VERSION}"
         + ("; UPPER BOUND: the target is forced into the candidates" if cfg.upper_bound else "")
     )
-    out = PALREvaluation(res, retr_res, recall, summary, note, ranker.examples[:2])
+    out = PALREvaluation(res, retr_res, recall, summary, note, ranker.examples[:2], scores=ranker.scores)
+    if fusion:
+        out.fusion = evaluate_fusion(split, sub, cfg, lm, label, run_dir, retriever, out, progress)
     if run_dir is not None:
         atomic_write_text(
             Path(run_dir) / "eval" / f"{label}-{stage}.json", json.dumps(out.to_dict(), indent=2, default=_json_default)
@@ -400,10 +452,58 @@ def evaluate_palr(
     return out
 
 
+def fusion_label(label: str) -> str:
+    """The fused row's label: ``palr-v2`` → ``palr-v2-fusion``."""
+    return f"{label}-fusion"
+
+
+def evaluate_fusion(
+    split: Split,
+    test_split: Split,
+    cfg: PALRConfig,
+    lm: Any,
+    label: str,
+    run_dir: str | Path | None,
+    retriever: Any,
+    test: PALREvaluation,
+    progress: bool = False,
+) -> FusionEvaluation:
+    """PALR fused with its retriever (:mod:`padrec.palr.fusion`) on ``test``'s users: the weight is the best
+    validation NDCG@10 over :data:`~padrec.palr.fusion.GRID` on a seeded sample of ``cfg.fusion_users``
+    validation users (ranked by the LM through :func:`evaluate_palr`, cached as ``<label>-valid``), then applied
+    to the scores the test ranking stored (``test.scores``): the LM is not called for test users again."""
+    from padrec.palr.fusion import GRID, FusionRanker, choose_weight, weight_grid
+
+    missing = [int(u) for u in test_split.users("test") if int(u) not in test.scores]
+    if missing:
+        raise ConfigError(
+            f"fusion: {len(missing)} test users have no per-candidate LM scores (first: user {missing[0]}); "
+            "fusion needs mode=likelihood or mode=verbalizer"
+        )
+    valid_cfg = cfg.model_copy(update={"max_users": cfg.fusion_users})
+    valid = evaluate_palr(split, valid_cfg, lm, label, run_dir, retriever, "valid", progress, fusion=False)
+    vsplit = sample_users(split, cfg.fusion_users, cfg.users_seed, "valid")
+    grid = weight_grid(vsplit, retriever, valid.scores, "valid", GRID)
+    weight = choose_weight(grid)
+    fused = FusionRanker(retriever, test.scores, weight, fusion_label(label)).fit(split)
+    res = Evaluator(test_split, Protocol()).run(fused, "test")
+    n_valid = int(valid.results.n_users)
+    by_weight = ", ".join(f"{w:g}: {v:.4f}" for w, v in grid.items())
+    note = (
+        f"{label} fused with its retriever: per user w * z(LM score) + (1 - w) * z(retriever score) over the "
+        f"candidates (z = standardised within the user's list; ties: retriever order), w = {weight:g} chosen by "
+        f"NDCG@10 on {n_valid} validation users (users_seed={cfg.users_seed}; never test users; ties: larger w); "
+        f"valid NDCG@10 by w: {by_weight}; test: {test.note}"
+    )
+    ref = {"palr": float(valid.results.overall["NDCG@10"]), "retriever": float(valid.retriever.overall["NDCG@10"])}
+    return FusionEvaluation(res, weight, grid, n_valid, ref, int(valid.palr["resumed_users"]), note)
+
+
 #: options that do not change any one user's ranking (which users are drawn is not part of a user's result)
 #: (the selection options only decide which weights rank, and the weights' fingerprint is part of the key)
 _NOT_RANKING = ("progress", "max_users", "users_seed", "retriever", "accelerator", "checkpoint_every")
 _NOT_RANKING += ("select_every", "select_users", "select_patience")
+_NOT_RANKING += ("fusion", "fusion_users")  # fusion re-orders stored scores afterwards; the LM's ranking is the same
 
 
 def ranking_cache_path(
@@ -471,7 +571,8 @@ def run_palr(
             skipped.append("finetune")
     label = palr_label(cfg, finetuned=not zero_shot)
     ev = evaluate_palr(split, cfg, ranking_lm(lm, cfg), label, run_dir)
-    if ev.palr["users"] and ev.palr["resumed_users"] == ev.palr["users"]:
+    valid_ranked = ev.fusion is None or ev.fusion.valid_resumed_users == ev.fusion.valid_users
+    if ev.palr["users"] and ev.palr["resumed_users"] == ev.palr["users"] and valid_ranked:
         skipped.append("ranking")
     ev.palr["pipeline_seconds"] = round(time.perf_counter() - t0, 3)
     return PALRRun(run_dir, ev, label, skipped, meta, ft)

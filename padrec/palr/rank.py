@@ -22,7 +22,9 @@ of the top-``n_recommend`` slots came from the model and how many from the retri
 With a :class:`RankingCache` (``ranker.cache``; :func:`padrec.palr.pipeline.evaluate_palr` gives one per run
 directory, LM and options) every user's model order is appended to a JSONL file as soon as it is made, keyed
 by the exact prompt contents; a rerun after a kill takes finished users from the file and only asks the LM
-about the rest, with the same scores, counts and metrics as an uninterrupted run.
+about the rest, with the same scores, counts and metrics as an uninterrupted run. Likelihood and verbalizer records
+also keep the candidates (retriever order), the LM's score of each (``lm_scores``) and the retriever's
+(``retriever_scores``); ``ranker.scores`` holds them per user for :mod:`padrec.palr.fusion`.
 """
 
 from __future__ import annotations
@@ -181,6 +183,20 @@ class RankingCache:
             self.records[(int(r["user"]), str(r["key"]))] = r
 
 
+def place_on_top(scores: torch.Tensor, lists: Sequence[Sequence[int]], orders: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Full-ranking scores ``[B, n_items + 1]`` from the retriever's ``scores``: each row's ``orders`` first, then the
+    rest of its candidate ``lists`` in retriever order, all above every other item (``BIG + (N - position)``); the
+    other items keep their retriever order below them (``score - row max - 1``)."""
+    finite = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+    out = scores - finite.max(dim=1, keepdim=True).values.clamp_min(-1e30) - 1.0
+    for r, (retr_order, model_order) in enumerate(zip(lists, orders, strict=True)):
+        chosen = set(model_order)
+        final = list(model_order) + [c for c in retr_order if c not in chosen]
+        idx = torch.as_tensor(final, dtype=torch.long)
+        out[r, idx] = BIG + torch.arange(len(final), 0, -1, dtype=out.dtype)
+    return out
+
+
 class PALRRanker(Recommender):
     """PALR as a recommender: retriever top-N → LM ranking (likelihood or generation) → full scores.
 
@@ -210,6 +226,10 @@ class PALRRanker(Recommender):
         self.cache: RankingCache | None = None  # per-user results of earlier (interrupted) runs, resumed
         self.stats: dict[str, float] = {}
         self.examples: list[dict[str, Any]] = []  # a few prompts/answers for inspection
+        # user -> {"candidates", "lm", "retriever"}: per-candidate scores of every user ranked (likelihood/verbalizer)
+        self.scores: dict[int, dict[str, list]] = {}
+        # a cached record without scores (written before they were kept) is ranked again instead of resumed
+        self.need_scores = False
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -226,6 +246,7 @@ class PALRRanker(Recommender):
                 "rank_seconds",
                 "profile_seconds",
                 "resumed_users",
+                "rescored_users",
             ),
             0,
         )
@@ -249,28 +270,30 @@ class PALRRanker(Recommender):
         lists = [self._candidate_list(int(u), row) for u, row in zip(users, cands, strict=True)]
         prompt_hist = [[int(i) for i in h[-cfg.max_history :]] for h in histories]
         profiles = self._profiles(users, prompt_hist)
-        picks = self._rank(users, prompt_hist, profiles, lists)
-        finite = torch.where(torch.isfinite(s), s, torch.full_like(s, -torch.inf))
-        out = s - finite.max(dim=1, keepdim=True).values.clamp_min(-1e30) - 1.0
-        for r, (retr_order, model_order) in enumerate(zip(lists, picks, strict=True)):
+        retr = [s[r, torch.as_tensor(c, dtype=torch.long)].tolist() for r, c in enumerate(lists)]
+        picks = self._rank(users, prompt_hist, profiles, lists, retr)
+        for retr_order, model_order in zip(lists, picks, strict=True):
             chosen = set(model_order)
-            final = list(model_order) + [c for c in retr_order if c not in chosen]
-            top = min(cfg.n_recommend, len(final))
+            top = min(cfg.n_recommend, len(model_order) + sum(c not in chosen for c in retr_order))
             from_model = min(len(model_order), top)
             self.stats["model_items"] += from_model
             self.stats["fallback_items"] += top - from_model
             self.stats["slots"] += top
-            idx = torch.as_tensor(final, dtype=torch.long)
-            out[r, idx] = BIG + torch.arange(len(final), 0, -1, dtype=out.dtype)
         self.stats["users"] += len(histories)
-        return out
+        return place_on_top(s, lists, picks)
 
     def _rank(
-        self, users: np.ndarray, histories: list[list[int]], profiles: list[str | None], lists: list[list[int]]
+        self,
+        users: np.ndarray,
+        histories: list[list[int]],
+        profiles: list[str | None],
+        lists: list[list[int]],
+        retr: list[list[float]] | None = None,
     ) -> list[list[int]]:
         """The model's order of each user's candidates: from the ranking cache when this user's exact prompt was
         ranked before, else from the LM; each newly ranked user is appended to the cache as soon as it is done
-        (per user for likelihood ranking, per batch otherwise), so a killed evaluation resumes where it stopped."""
+        (per user for likelihood ranking, per batch otherwise), so a killed evaluation resumes where it stopped.
+        ``retr``: the retriever's scores of ``lists``, kept with the LM's scores (``self.scores``, the cache)."""
         cfg = self.cfg
         picks: list[list[int] | None] = [None] * len(lists)
         keys: list[str | None] = [None] * len(lists)
@@ -281,8 +304,12 @@ class PALRRanker(Recommender):
             for r, (u, h, p, c) in enumerate(zip(users, histories, profiles, lists, strict=True)):
                 keys[r] = ranking_key(int(u), h, p, c)
                 rec = self.cache.get(int(u), keys[r])
+                if rec is not None and self.need_scores and rec.get("lm_scores") is None:
+                    rec = None  # ranked before scores were kept: rank it again to get them
+                    self.stats["rescored_users"] += 1
                 if rec is not None:
                     picks[r] = [int(i) for i in rec["items"]]
+                    self._keep_scores(int(u), c, rec.get("lm_scores"), retr[r] if retr is not None else None)
                     self._count(rec.get("stats", {}), float(rec.get("seconds", 0.0)), rec.get("example"))
                     self.stats["resumed_users"] += 1
                     self._tick(1)
@@ -293,11 +320,17 @@ class PALRRanker(Recommender):
             for r, (order, info) in zip(rows, results, strict=True):
                 picks[r] = order
                 example = info.pop("example", None)
+                lm_scores = info.pop("scores", None)
                 self._count(info, seconds / len(rows), example)
+                self._keep_scores(int(users[r]), lists[r], lm_scores, retr[r] if retr is not None else None)
                 if self.cache is not None:
+                    kept: dict[str, Any] = {}
+                    if lm_scores is not None:  # for fusion (padrec.palr.fusion), aligned with the candidates
+                        kept = {"candidates": lists[r], "lm_scores": lm_scores}
+                        kept.update({"retriever_scores": retr[r]} if retr is not None else {})
                     recs.append(
                         {"user": int(users[r]), "key": keys[r], "items": order, "stats": info,
-                         "seconds": seconds / len(rows), **({"example": example} if example else {})}
+                         "seconds": seconds / len(rows), **kept, **({"example": example} if example else {})}
                     )  # fmt: skip
             if self.cache is not None:
                 self.cache.add(recs)
@@ -314,6 +347,12 @@ class PALRRanker(Recommender):
             res = rank([histories[r] for r in todo], [profiles[r] for r in todo], [lists[r] for r in todo])
             done(todo, res, time.perf_counter() - t0)
         return [p if p is not None else [] for p in picks]
+
+    def _keep_scores(
+        self, user: int, cands: list[int], lm_scores: list[float] | None, retr: list[float] | None
+    ) -> None:
+        if lm_scores is not None and retr is not None:
+            self.scores[user] = {"candidates": list(cands), "lm": list(lm_scores), "retriever": list(retr)}
 
     def _count(self, info: dict[str, Any], seconds: float, example: dict | None) -> None:
         for k in ("outputs", "hallucinations", "duplicates", "fuzzy_matches"):
@@ -386,7 +425,7 @@ class PALRRanker(Recommender):
         conts = [f" {self.catalog.render(c)}\n" for c in cands]
         ll = continuation_logprobs(self.lm, prefix, conts, self.cfg.candidate_batch, self.cfg.length_norm)
         order = np.lexsort((np.arange(len(cands)), -ll))  # ties keep the retriever's order
-        info: dict[str, Any] = {}
+        info: dict[str, Any] = {"scores": [float(x) for x in ll]}
         if len(self.examples) < 3:
             info["example"] = {"prompt": prefix, "top": [self.catalog.render(cands[i]) for i in order[:5]]}
         return [cands[int(i)] for i in order], info
@@ -411,7 +450,7 @@ class PALRRanker(Recommender):
             score = {c: lp[r, k] for k, c in enumerate(order_shown)}
             rank = np.lexsort((np.arange(len(cands)), -np.asarray([score[c] for c in cands])))  # ties: retriever
             order = [cands[int(i)] for i in rank]
-            info: dict[str, Any] = {}
+            info: dict[str, Any] = {"scores": [float(score[c]) for c in cands]}
             if len(self.examples) + r < 3:
                 info["example"] = {"prompt": texts[r], "top": [self.catalog.render(c) for c in order[:5]]}
             out.append((order, info))
@@ -455,6 +494,7 @@ class PALRRanker(Recommender):
             "fuzzy_matches": int(st["fuzzy_matches"]),
             "users": int(st["users"]),
             "resumed_users": int(st["resumed_users"]),
+            "rescored_users": int(st["rescored_users"]),  # cached without scores, ranked again for fusion
             "rank_seconds": float(st["rank_seconds"]),
             "profile_seconds": float(st["profile_seconds"]),
             "users_per_second": st["users"] / secs if secs > 0 else float("nan"),
