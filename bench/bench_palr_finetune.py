@@ -144,7 +144,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ev = evaluate_palr(split, cfg, lm, label, run_dir=run_root, retriever=retriever)
         print(ev.table(), f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        palr, retr = ev.records(device="cpu", seeds=[args.seed])
+        palr, retr, *fused = ev.records(device="cpu", seeds=[args.seed])  # fused: with fusion=true
         palr["model"] = label
         tune = (
             f"; LoRA r={cfg.lora_r} on {','.join(cfg.tasks)}: {ft['steps']} steps x batch {cfg.batch_size}, "
@@ -155,6 +155,10 @@ def main() -> None:
         palr["note"] = f"{palr['note']}{tune}; {cpu}"
         palr["commit"] = git_commit()
         records.append(palr)
+        for f in fused:
+            f["note"] = f"{f['note']}{tune}; {cpu}"
+            f["commit"] = git_commit()
+            records.append(f)
         if not any(r["model"] == retr["model"] for r in records):
             retr["note"] = f"{retr['note']}; {cpu}"
             retr["commit"] = git_commit()
