@@ -638,3 +638,17 @@ def test_bench_refuses_a_run_directory_made_with_other_settings(bench, tmp_path)
     assert bench._run_dir(tmp_path, "ml-1m", "sasrec", "pad-sasrec", 2, 0.05) == (
         tmp_path / "ml-1m" / "newitems0.05" / "sasrec-seed2"
     )
+
+
+def test_presets_name_whole_configurations_and_none_means_the_chosen_default():
+    from padrec.pad.pipeline import DEFAULT_PRESET, PRESETS, with_preset
+    from padrec.pad.recommender import PADConfig
+
+    assert DEFAULT_PRESET in PRESETS and PRESETS["paper"] == {}  # the published design is PADConfig's defaults
+    assert with_preset(None, {"lam": 0.5}) == {**PRESETS[DEFAULT_PRESET], "lam": 0.5}
+    assert with_preset("simcal", {"freeze": ["collab"]})["freeze"] == ["collab"]  # explicit keys win
+    for name, keys in PRESETS.items():
+        PADConfig(**keys)  # every preset is a valid configuration
+        assert set(keys) <= set(PADConfig.model_fields), name
+    with pytest.raises(ValueError, match="unknown PAD preset 'papr': known presets are paper, simfrozen, simcal"):
+        with_preset("papr", {})

@@ -62,10 +62,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: what ``padrec pad`` and ``padrec.PAD`` run without ``--preset``: the preset chosen on validation users by
+#: ``bench/bench_pad.py --choose-default`` (see README, PAD); ``--preset paper`` is the published design
+DEFAULT_PRESET = "paper"
+
+
 def with_preset(preset: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """``overrides`` on top of the named preset's keys."""
-    if preset is None:
-        return dict(overrides or {})
+    """``overrides`` on top of the named preset's keys (``None``: :data:`DEFAULT_PRESET`)."""
+    preset = DEFAULT_PRESET if preset is None else preset
     if preset not in PRESETS:
         raise ValueError(f"unknown PAD preset {preset!r}: known presets are {', '.join(PRESETS)}")
     return {**PRESETS[preset], **(overrides or {})}
