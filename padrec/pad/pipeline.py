@@ -64,7 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: what ``padrec pad`` and ``padrec.PAD`` run without ``--preset``: the preset chosen on validation users by
 #: ``bench/bench_pad.py --choose-default`` (see README, PAD); ``--preset paper`` is the published design
-DEFAULT_PRESET = "paper"
+DEFAULT_PRESET = "simcal"
 
 
 def with_preset(preset: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
