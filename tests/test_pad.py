@@ -652,3 +652,16 @@ def test_presets_name_whole_configurations_and_none_means_the_chosen_default():
         assert set(keys) <= set(PADConfig.model_fields), name
     with pytest.raises(ValueError, match="unknown PAD preset 'papr': known presets are paper, simfrozen, simcal"):
         with_preset("papr", {})
+
+
+def test_a_finished_run_made_with_other_settings_is_refused_not_reused(pad_run, toy):
+    from padrec.train.config import ConfigError
+
+    split, text = toy
+    with pytest.raises(ConfigError, match=r"holds a PAD run made with other settings .*'lam': 0\.5"):
+        run_pad(split, pad_run.run_dir, overrides={**FAST, "lam": 0.5}, text=text, evaluate=False)
+    with pytest.raises(ConfigError, match="backbone gru4rec"):
+        run_pad(split, pad_run.run_dir, backbone="gru4rec", overrides=FAST, text=text, evaluate=False)
+    # progress bars do not change a stage: the same run is reused
+    again = run_pad(split, pad_run.run_dir, overrides={**FAST, "progress": True}, text=text, evaluate=False)
+    assert "pad" in again.skipped

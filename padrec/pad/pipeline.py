@@ -110,6 +110,35 @@ def _pad_configs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return params, train
 
 
+#: settings that do not change a finished stage: progress bars, and calibration (a step after stage 3)
+_REUSABLE_KEYS = frozenset({"progress", "backbone.progress", "calibrate"})
+
+
+def check_run_settings(run_dir: Path, backbone: str, overrides: dict[str, Any] | None) -> None:
+    """Refuse a run directory whose finished stage 3 was made with other settings: it would be reused as it is (a
+    run made before the default preset changed would otherwise pass for the new default). Without a finished
+    stage 3 the earlier stages are reused on purpose (a run dir copied to try another stage 3 on them)."""
+    path = Path(run_dir) / "pad.json"
+    if not path.is_file() or not stage_done(Path(run_dir) / "pad"):
+        return
+    try:
+        had = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable: rewritten at the end of this run, stages are checked one by one as before
+
+    def norm(o: Any) -> dict[str, Any]:
+        o = json.loads(json.dumps(o or {}, default=str))
+        return {k: v for k, v in o.items() if k not in _REUSABLE_KEYS}
+
+    want = norm(overrides)
+    if had.get("backbone", backbone) != backbone or norm(had.get("overrides")) != want:
+        raise ConfigError(
+            f"{run_dir} holds a PAD run made with other settings (backbone {had.get('backbone')}, "
+            f"{norm(had.get('overrides'))}; this call: backbone {backbone}, {want}): its finished stages would be "
+            "reused as they are; choose another run directory or remove this one"
+        )
+
+
 def check_overrides(split: Split, backbone: str = "sasrec", overrides: dict[str, Any] | None = None) -> None:
     """Raise ConfigError for an unknown backbone or a bad PAD or backbone override, before anything is written."""
     bb_over, pad_over = _split_overrides(overrides or {})
@@ -135,6 +164,7 @@ def run_pad(
     """Run (or finish) every PAD stage in ``run_dir`` and evaluate backbone, aligned tower and PAD."""
     run_dir = Path(run_dir)
     check_overrides(split, backbone, overrides)
+    check_run_settings(run_dir, backbone, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     bb_over, pad_over = _split_overrides(overrides or {})
     params, train = _pad_configs(pad_over)
