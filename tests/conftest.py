@@ -78,3 +78,37 @@ def ml100k_raw():
 
     needs_data("ml-100k")
     return load_raw("ml-100k", DATA)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models run fastest on it, and the machine's cores are shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ml100k_split():
+    """ml-100k, leave-one-out (module scope: tests may add items to a dataset's catalogue)."""
+    from padrec.data.registry import load_dataset
+    from padrec.data.split import leave_one_out
+
+    needs_data("ml-100k")
+    return leave_one_out(load_dataset("ml-100k"))
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """PALR's default LM (module scope: some tests cast it to bfloat16 in place); skipped when not installed."""
+    pytest.importorskip("transformers")
+    from padrec.palr.lm import ModelNotFoundError, check_lm, load_causal_lm
+
+    try:
+        check_lm("smollm2")
+    except ModelNotFoundError as e:
+        pytest.skip(str(e))
+    return load_causal_lm("smollm2")

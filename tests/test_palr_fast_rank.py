@@ -14,7 +14,7 @@ import torch
 from conftest import needs_data
 
 from padrec.palr.config import PALRConfig
-from padrec.palr.lm import CausalLM, ModelNotFoundError, check_lm, label_token_ids, load_causal_lm, next_token_logits
+from padrec.palr.lm import CausalLM, label_token_ids, next_token_logits
 from padrec.palr.pipeline import evaluate_palr, ranking_cache_path, ranking_lm
 from padrec.palr.prompts import VERBALIZER_PREFIX
 from padrec.train.config import ConfigError
@@ -29,21 +29,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> CausalLM:
-    try:
-        check_lm("smollm2")
-    except ModelNotFoundError as e:
-        pytest.skip(str(e))
-    return load_causal_lm("smollm2")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

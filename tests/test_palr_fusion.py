@@ -9,12 +9,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from conftest import needs_data
 
 from padrec.palr.config import PALRConfig, load_palr_config
 from padrec.palr.fusion import GRID, choose_weight, fused_order, zscores
-from padrec.palr.lm import CausalLM, ModelNotFoundError, check_lm, load_causal_lm
+from padrec.palr.lm import CausalLM
 from padrec.train.config import ConfigError
 
 S = math.sqrt(2 / 3)  # population standard deviation of [1, 2, 3]
@@ -84,31 +82,12 @@ OPTS = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine's cores are shared: one thread, small shapes
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def split():
-    from padrec.data.registry import load_dataset
-    from padrec.data.split import leave_one_out
-
-    needs_data("ml-100k")
-    return leave_one_out(load_dataset("ml-100k"))
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> CausalLM:
-    pytest.importorskip("transformers")
-    try:
-        check_lm("smollm2")
-    except ModelNotFoundError as e:
-        pytest.skip(str(e))
-    return load_causal_lm("smollm2")
+def split(ml100k_split):
+    return ml100k_split
 
 
 class _Rows:

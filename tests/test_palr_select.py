@@ -13,12 +13,10 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-import torch
-from conftest import needs_data
 
 from padrec.palr.config import PALRConfig, load_palr_config
 from padrec.palr.finetune import BEST_DIR, BEST_FILE, DONE_FILE, finetune, finetuned_path
-from padrec.palr.lm import CausalLM, ModelNotFoundError, check_lm, load_causal_lm, model_fingerprint
+from padrec.palr.lm import CausalLM, load_causal_lm, model_fingerprint
 from padrec.palr.pipeline import build_data, check_finetune_stage, run_finetune, selection_score
 from padrec.train.config import ConfigError
 
@@ -30,30 +28,12 @@ TINY = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine's cores are shared: one thread, small shapes
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def split():
-    from padrec.data.registry import load_dataset
-    from padrec.data.split import leave_one_out
-
-    needs_data("ml-100k")
-    return leave_one_out(load_dataset("ml-100k"))
-
-
-@pytest.fixture(scope="module")
-def smollm2() -> CausalLM:
-    try:
-        check_lm("smollm2")
-    except ModelNotFoundError as e:
-        pytest.skip(str(e))
-    return load_causal_lm("smollm2")
+def split(ml100k_split):
+    return ml100k_split
 
 
 @pytest.fixture(scope="module")
