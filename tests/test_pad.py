@@ -419,6 +419,7 @@ def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pa
 
     from padrec.pad.calibrate import validation_halves
     from padrec.pad.recommender import PADConfig
+    from padrec.train.config import ConfigError
 
     split, text = toy
     run = tmp_path / "cal"
@@ -437,6 +438,8 @@ def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pa
     assert saved["params"]["calibrate"] is True
     again = run_pad(split, run, overrides={**FAST, "calibrate": True}, text=text)
     assert "calibrate" in again.skipped and torch.equal(again.pad.net.item_blend, out.pad.net.item_blend)
+    with pytest.raises(ConfigError, match="gates were calibrated"):  # a calibrated stage 3 never passes for plain
+        run_pad(split, run, overrides=FAST, text=text, evaluate=False)
     with pytest.raises(ValueError, match="calibrate=true falls back to the collab expert"):
         PADConfig(experts=["aligned", "text"], calibrate=True)
 

@@ -121,6 +121,11 @@ def check_run_settings(run_dir: Path, backbone: str, overrides: dict[str, Any] |
     path = Path(run_dir) / "pad.json"
     if not path.is_file() or not stage_done(Path(run_dir) / "pad"):
         return
+    if (Path(run_dir) / "pad" / "calibration.json").is_file() and not (overrides or {}).get("calibrate"):
+        raise ConfigError(
+            f"{run_dir} holds a PAD run whose gates were calibrated (pad/calibration.json) but this call has "
+            "calibrate off: its stage 3 would be reused calibrated; choose another run directory"
+        )
     try:
         had = json.loads(path.read_text())
     except (OSError, ValueError):
