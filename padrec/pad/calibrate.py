@@ -55,9 +55,15 @@ def search_blend(
     """
     alone = measure([0.0] * n_bins)
     blend = [1.0] * n_bins
-    best = measure(blend)
-    floor = max(alone[1], best[1])
+    best = learned = measure(blend)
+    floor = max(alone[1], learned[1])
     evaluations = 2
+
+    def better(got: tuple[float, float], now: tuple[float, float]) -> bool:
+        """Feasible beats infeasible; among feasible, overall decides; among infeasible, cold does."""
+        if got[1] >= floor:
+            return now[1] < floor or got[0] > now[0]
+        return now[1] < floor and got[1] > now[1]
 
     for b in reversed(range(n_bins)):
         start = blend[b]  # already measured
@@ -67,15 +73,11 @@ def search_blend(
             trial = [*blend[:b], a, *blend[b + 1 :]]
             got = measure(trial)
             evaluations += 1
-            ok_now, ok_new = best[1] >= floor, got[1] >= floor
-            better = (ok_new and (not ok_now or got[0] > best[0])) or (not ok_now and not ok_new and got[1] > best[1])
-            if better:
+            if better(got, best):
                 blend, best = trial, got
     # one sweep can wander: the two ends (the backbone's scores, the learned mixture) stay in the running
-    for end in ([0.0] * n_bins, [1.0] * n_bins):
-        got = measure(end)
-        ok_now, ok_new = best[1] >= floor, got[1] >= floor
-        if (ok_new and (not ok_now or got[0] > best[0])) or (not ok_now and not ok_new and got[1] > best[1]):
+    for end, got in (([0.0] * n_bins, alone), ([1.0] * n_bins, learned)):
+        if better(got, best):
             blend, best = end, got
     return {
         "blend": blend,
