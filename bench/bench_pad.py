@@ -315,6 +315,30 @@ def _prepare_run_dir(
         shutil.copytree(pad_from, run_dir / "pad", ignore=shutil.ignore_patterns("checkpoints", "calibration.json"))
 
 
+class _SeedStages:
+    """One seed's finished stages, handed on to the next configuration of that seed: the first trains the
+    backbone (unless ``pretrained``) and the others copy it; align stages and uncalibrated stage 3s likewise,
+    to configurations that cannot tell them apart (:func:`_align_key`, :func:`_pad_key`)."""
+
+    def __init__(self, pretrained: Path | None = None) -> None:
+        self.backbone = pretrained
+        self.aligns: dict[str, Path] = {}
+        self.pads: dict[str, Path] = {}
+
+    def prepare(self, run_dir: Path, seeded: dict) -> None:
+        _prepare_run_dir(
+            run_dir, self.backbone, seeded, self.aligns.get(_align_key(seeded)), self.pads.get(_pad_key(seeded))
+        )
+
+    def finished(self, run_dir: Path, seeded: dict) -> None:
+        if self.backbone is None:
+            self.backbone = run_dir / "pretrain"
+        if _align_key(seeded) is not None:
+            self.aligns.setdefault(_align_key(seeded), run_dir / "align")
+        if not seeded.get("calibrate"):  # a calibrated stage 3 is not its twin's
+            self.pads.setdefault(_pad_key(seeded), run_dir / "pad")
+
+
 def _epochs(run_dir: Path, stages: tuple[str, ...] = ("pretrain", "align", "text-expert", "pad")) -> dict:
     """Each finished stage's trained epochs and best (restored) epoch, from its train.json."""
     out = {}
@@ -343,25 +367,19 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     first: dict[str, Any] = {}  # name -> the first seed's run
     bb = args.backbone
     for seed in args.seeds:
-        shared = args.pretrained  # the first configuration trains the seed's backbone, the others copy it
-        aligns: dict[str, Path] = {}  # align settings -> this seed's finished align stage, copied likewise
-        pads: dict[str, Path] = {}  # stage-3 settings -> this seed's finished uncalibrated stage 3
+        stages = _SeedStages(args.pretrained)
         for k, (name, _, over) in enumerate(variants):
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
-            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)), pads.get(_pad_key(seeded)))
+            stages.prepare(run_dir, seeded)
             out = run_pad(split, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded)
-            if _align_key(seeded) is not None:
-                aligns.setdefault(_align_key(seeded), run_dir / "align")
-            if not seeded.get("calibrate"):  # a calibrated stage 3 is not its twin's
-                pads.setdefault(_pad_key(seeded), run_dir / "pad")
+            stages.finished(run_dir, seeded)
             print(comparison_table(out.results), flush=True)
             valid = evaluate_stages(out, split, stage="valid")
             epochs = _epochs(run_dir)
             if k == 0:
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 base_res.append(_seed_values(out.results[bb], seed, valid[bb], epochs=base_epochs))
-                shared = run_dir / "pretrain"
                 base_res[-1]["valid_select"] = _select_values(out.backbone, split, seed)
             values = _seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs)
             values["valid_select"] = _select_values(out.pad, split, seed)
@@ -411,19 +429,14 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     for seed in args.seeds:
         ns = new_item_split(ds, share, seed)  # the same held-out items for the backbone and every preset
         full_text, text = new_item_text(ns, args.encoder)
-        shared = None  # the first configuration trains the seed's backbone, the others copy it
-        aligns: dict[str, Path] = {}  # align settings -> this seed's finished align stage, copied likewise
-        pads: dict[str, Path] = {}  # stage-3 settings -> this seed's finished uncalibrated stage 3
+        stages = _SeedStages()  # never --pretrained: that backbone trained on the held-out items
         for k, (name, _, over) in enumerate(variants):
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed, share)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
-            _prepare_run_dir(run_dir, shared, seeded, aligns.get(_align_key(seeded)), pads.get(_pad_key(seeded)))
+            stages.prepare(run_dir, seeded)
             out = run_pad(ns.train, run_dir, backbone=bb, encoder=args.encoder, overrides=seeded, text=text,
                           evaluate=False)  # fmt: skip
-            if _align_key(seeded) is not None:
-                aligns.setdefault(_align_key(seeded), run_dir / "align")
-            if not seeded.get("calibrate"):  # a calibrated stage 3 is not its twin's
-                pads.setdefault(_pad_key(seeded), run_dir / "pad")
+            stages.finished(run_dir, seeded)
             fresh = new_item_results(out, ns, args.encoder, full_text)
             print(f"{name}, seed {seed}:\n{new_item_table(fresh, share)}", flush=True)
             valid = evaluate_stages(out, ns.train, stage="valid")
@@ -431,7 +444,6 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
             if k == 0:
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 per_seed[bb].append(_new_item_values(fresh[bb], seed, len(ns.held), valid[bb], None, base_epochs))
-                shared = run_dir / "pretrain"
             pad_values = _new_item_values(fresh[f"pad-{bb}"], seed, len(ns.held), valid[f"pad-{bb}"], valid[bb], epochs)
             per_seed[name].append(pad_values)
     over_of = {name: (preset, over) for name, preset, over in variants}
