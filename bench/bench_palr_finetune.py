@@ -1,20 +1,23 @@
-"""PALR fine-tuned (v1, v2) next to zero-shot and the retriever, CPU-sized, on one dataset per call.
+"""PALR v2 at benchmark scale next to its retriever, on one dataset per call (zero-shot and v1 on request).
 
-    python bench/bench_palr_finetune.py --dataset amazon-beauty --retriever bench/.work/runs/amazon-beauty/sasrec
+    python bench/bench_palr_finetune.py --dataset ml-1m --retriever RUN --users 1000 --threads 2
 
-One process, one step after the other (the LM never runs next to other heavy work of this script):
+One process, one row after the other; every stage resumes after a kill (instruction data, fine-tuning from
+``last.ckpt``, rankings from their per-user cache):
 
-1. zero-shot SmolLM2 ranks the retriever's top-``--n-candidates`` for ``--users`` seeded test users
-   (likelihood ranking), realistic candidates and with the target forced in (``-gt``);
-2. v1: LoRA fine-tuning on *Recommend* examples only (``--steps`` optimiser steps), then the same ranking;
-3. v2: LoRA fine-tuning on *Recommend* + *Recommend_Retrieval*, then realistic, ``-gt`` and generation
-   (``--gen-users`` users, answers mapped back to candidates, hallucinations counted).
+1. v2: LoRA fine-tuning on *Recommend* + *Recommend_Retrieval* (the retrieval task in the verbalizer's labelled
+   format, so training reads the same answer token the ranker scores), ``--steps`` optimiser steps, ranked on
+   ``--select-users`` seeded validation users every ``--select-every`` steps; the best adapter is kept;
+2. ``palr-v2``: the verbalizer ranks the retriever's top-``--n-candidates`` for ``--users`` seeded test users
+   (bfloat16 weights), with ``palr-v2-fusion`` (LM and retriever scores mixed by a weight chosen on validation
+   users) and the retriever on exactly those users;
+3. ``palr-v2-gt``: the same with the target forced in (an upper bound, never the headline);
+4. ``palr-v2-generation``: generation on ``--gen-users`` users, answers mapped back, hallucinations counted.
 
-Instruction data comes from training prefixes only (PALR's 20% of users); every fine-tuning starts from
-the base model. Records ``palr-zeroshot``, ``palr-zeroshot-gt``, ``palr-v1``, ``palr-v2``, ``palr-v2-gt``,
-``palr-v2-generation`` and the retriever under its own name are merged into ``bench/results/palr.json``;
-``bench/results/palr.md`` gets a table with the PALR paper's rows next to ours. This is a CPU-sized
-run (a 135M model, a few hundred steps, a user sample): the note of every record says so.
+Instruction data comes from training prefixes only (PALR's 20% of users); every fine-tuning starts from the
+base model. Records are merged into ``bench/results/palr.json`` (``--results`` for another folder) as each row
+finishes; ``palr.md`` gets a table with the PALR paper's rows next to ours. The note of every record says what it
+rests on (users, steps, examples, CPU threads).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ PAPER = {
     "amazon-beauty": {"sasrec": (0.0617, 0.0283), "palr-v1": (0.0181, 0.0101), "palr-v2": (0.0721, 0.0446)},
     "ml-1m": {"sasrec": (0.1978, 0.1192), "palr-v1": (0.1216, 0.0569), "palr-v2": (0.2110, 0.1276)},
 }
-ORDER = ["sasrec", "palr-zeroshot", "palr-zeroshot-gt", "palr-v1", "palr-v2", "palr-v2-gt", "palr-v2-generation"]
+ORDER = [
+    "sasrec", "palr-zeroshot", "palr-zeroshot-gt", "palr-v1", "palr-v2", "palr-v2-fusion", "palr-v2-gt",
+    "palr-v2-generation",
+]  # fmt: skip
 
 
 def markdown(records: list[dict]) -> str:
@@ -82,8 +88,11 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge(records: list[dict]) -> None:
-    merge_bench("palr", records, lambda r: (r["task"], r["dataset"], r["model"]), markdown)
+def merge(records: list[dict], results: Path | None = None) -> None:
+    merge_bench("palr", records, lambda r: (r["task"], r["dataset"], r["model"]), markdown, results_dir=results)
+
+
+STAGES = ["zeroshot", "zeroshot-gt", "v1", "v2", "v2-gt", "v2-generation"]
 
 
 def main() -> None:
@@ -91,27 +100,38 @@ def main() -> None:
     ap.add_argument("--dataset", default="amazon-beauty")
     ap.add_argument("--retriever", type=Path, required=True, help="run directory of a trained recommender")
     ap.add_argument("--lm", default="smollm2")
-    ap.add_argument("--users", type=int, default=100)
-    ap.add_argument("--gen-users", type=int, default=10)
+    ap.add_argument("--users", type=int, default=1000, help="seeded test users ranked (0 = every one)")
+    ap.add_argument("--gen-users", type=int, default=200)
     ap.add_argument("--n-candidates", type=int, default=20)
     ap.add_argument("--max-history", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=150, help="optimiser steps per fine-tuning")
+    ap.add_argument("--mode", choices=["verbalizer", "likelihood"], default="verbalizer")
+    ap.add_argument("--lm-dtype", choices=["float32", "bfloat16"], default="bfloat16", help="ranking weights")
+    ap.add_argument("--precision", default="bf16-mixed", help="fine-tuning precision (Lightning)")
+    ap.add_argument("--lora-layers", type=int, default=8, help="LoRA in the top N decoder layers (0 = all)")
+    ap.add_argument("--steps", type=int, default=500, help="optimiser steps per fine-tuning (-1 = one epoch)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--select-every", type=int, default=100, help="validation selection every N steps (0 = off)")
+    ap.add_argument("--select-users", type=int, default=64)
+    ap.add_argument("--no-fusion", action="store_true", help="skip the fused LM + retriever row")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument(
         "--stages",
         nargs="+",
-        choices=["zeroshot", "v1", "v2"],
-        default=["zeroshot", "v1", "v2"],
-        help="which steps to run; records of the others already in palr.json are kept",
+        choices=STAGES,
+        default=["v2", "v2-gt", "v2-generation"],
+        help="which rows to measure (v2-gt and v2-generation fine-tune v2 first, or reuse it); records of the "
+        "others already in palr.json are kept",
     )
+    ap.add_argument("--results", type=Path, help="folder of palr.json/.md (default bench/results)")
+    ap.add_argument("--context", default="", help="what else ran on the machine (goes into every note)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     from padrec.palr.lm import load_causal_lm
+    from padrec.palr.pipeline import ranking_lm
 
     split = leave_one_out(load_dataset(args.dataset))
     retriever = Recommender.load(args.retriever)
@@ -122,67 +142,89 @@ def main() -> None:
         "max_history": args.max_history,
         "users_seed": args.seed,
         "seed": args.seed,
-        "progress": False,
+        "progress": True,
         "lm": args.lm,
         "profile": "rule",
-        "max_users": args.users,
+        "retriever": str(args.retriever.resolve()),
+        "mode": args.mode,
+        "lm_dtype": args.lm_dtype,
+        "precision": args.precision,
+        "lora_layers": args.lora_layers or None,
+        "max_users": args.users or None,
         "max_steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "max_seq_len": 1024,
         "checkpoint_every": 25,
+        "select_every": args.select_every,
+        "select_users": args.select_users,
+        "fusion": not args.no_fusion,
     }
     cpu = (
-        f"CPU-sized run on a shared 2-core CPU ({args.threads} torch thread): {args.lm} (135M), "
-        f"{args.n_candidates} candidates (paper: 50), {args.max_history} history items (paper: 20), "
-        "rule-based profiles"
+        f"CPU run on a shared 2-core CPU ({args.threads} torch thread{'s' if args.threads > 1 else ''}"
+        f"{', ' + args.context if args.context else ''}): {args.lm} (135M), {args.n_candidates} candidates "
+        f"(paper: 50), {args.max_history} history items (paper: 20), rule-based profiles, ranking {args.mode} "
+        f"in {args.lm_dtype}"
     )
     records: list[dict] = []
 
     def evaluate(lm, label: str, ft: dict | None, **over) -> None:
         cfg = load_palr_config(split.dataset.name, {**base, **over})
+        lm = ranking_lm(lm, cfg)
         t0 = time.perf_counter()
         ev = evaluate_palr(split, cfg, lm, label, run_dir=run_root, retriever=retriever)
         print(ev.table(), f"({time.perf_counter() - t0:.0f}s)", flush=True)
         palr, retr, *fused = ev.records(device="cpu", seeds=[args.seed])  # fused: with fusion=true
         palr["model"] = label
-        tune = (
-            f"; LoRA r={cfg.lora_r} on {','.join(cfg.tasks)}: {ft['steps']} steps x batch {cfg.batch_size}, "
-            f"lr {cfg.lr}, loss {ft['first_loss']:.3f} -> {ft['last_loss']:.3f}, {ft['seconds']:.0f}s"
-            if ft
-            else "; zero-shot (no fine-tuning)"
-        )
-        palr["note"] = f"{palr['note']}{tune}; {cpu}"
-        palr["commit"] = git_commit()
-        records.append(palr)
-        for f in fused:
-            f["note"] = f"{f['note']}{tune}; {cpu}"
-            f["commit"] = git_commit()
-            records.append(f)
+        tune = "; zero-shot (no fine-tuning)"
+        if ft:
+            sel = ft.get("selection") or {}
+            chosen = (
+                f", validation-selected step {sel['best_step']} of {ft['steps']} (NDCG@10 {sel['best_score']:.4f} on "
+                f"{sel['users']} validation users{', stopped early' if sel.get('stopped_early') else ''})"
+                if sel.get("best_step") is not None
+                else ""
+            )
+            layers = f" in the top {cfg.lora_layers} layers" if cfg.lora_layers else ""
+            tune = (
+                f"; LoRA r={cfg.lora_r}{layers} on {','.join(cfg.tasks)} ({ft['examples']} examples, {cfg.precision}):"
+                f" {ft['steps']} steps x batch {cfg.batch_size}, lr {cfg.lr}, loss {ft['first_loss']:.3f} -> "
+                f"{ft['last_loss']:.3f}, {ft['seconds']:.0f}s{chosen}"
+            )
+        for r in (palr, *fused):
+            r["note"] = f"{r['note']}{tune}; {cpu}"
+            r["commit"] = git_commit()
+            records.append(r)
         if not any(r["model"] == retr["model"] for r in records):
             retr["note"] = f"{retr['note']}; {cpu}"
             retr["commit"] = git_commit()
             records.append(retr)
-        merge(records)
+        merge(records, args.results)
 
-    if "zeroshot" in args.stages:
+    if {"zeroshot", "zeroshot-gt"} & set(args.stages):
         lm = load_causal_lm(args.lm)
-        evaluate(lm, "palr-zeroshot", None)
-        evaluate(lm, "palr-zeroshot-gt", None, upper_bound=True)
+        if "zeroshot" in args.stages:
+            evaluate(lm, "palr-zeroshot", None)
+        if "zeroshot-gt" in args.stages:
+            evaluate(lm, "palr-zeroshot-gt", None, upper_bound=True, fusion=False)
         del lm
+    v2_rows = {"v2", "v2-gt", "v2-generation"} & set(args.stages)
     for name, tasks in (("v1", ["recommend"]), ("v2", ["recommend", "recommend_retrieval"])):
-        if name not in args.stages:
+        if name not in args.stages and not (name == "v2" and v2_rows):
             continue
         cfg = load_palr_config(split.dataset.name, {**base, "tasks": tasks})
         lm, ft, reused = run_finetune(split, run_root / name, cfg)  # loads the base model afresh
         brief = {k: ft[k] for k in ("steps", "first_loss", "last_loss", "seconds")}
         print(f"{name}: fine-tuning {'reused' if reused else 'done'}: {json.dumps(brief)}", flush=True)
-        evaluate(lm, f"palr-{name}", ft, tasks=tasks)
-        if name == "v2":
-            evaluate(lm, "palr-v2-gt", ft, tasks=tasks, upper_bound=True)
-            evaluate(lm, "palr-v2-generation", ft, tasks=tasks, mode="generation", max_users=args.gen_users)
+        if name in args.stages:
+            evaluate(lm, f"palr-{name}", ft, tasks=tasks)
+        if name == "v2" and "v2-gt" in args.stages:
+            evaluate(lm, "palr-v2-gt", ft, tasks=tasks, upper_bound=True, fusion=False)
+        if name == "v2" and "v2-generation" in args.stages:
+            over = {"mode": "generation", "max_users": args.gen_users, "fusion": False}
+            evaluate(lm, "palr-v2-generation", ft, tasks=tasks, **over)
         del lm
-    print(f"wrote {RESULTS}", flush=True)
+    print(f"wrote {(args.results / 'palr.json') if args.results else RESULTS}", flush=True)
 
 
 if __name__ == "__main__":

@@ -223,3 +223,15 @@ def test_cli_evaluate_reports_the_fused_row(run):
     assert out["palr"]["users"] == 4
     bad = CliRunner().invoke(app, [("generation" if a == "verbalizer" else a) for a in args])
     assert bad.exit_code == 2 and "fusion=true needs a score per candidate" in bad.output
+
+
+def test_the_run_report_shows_the_fused_row_and_its_weight(run, split, tmp_path):
+    from padrec.eval.runreport import palr_report
+
+    ev = run[0]
+    text = palr_report(tmp_path, split.dataset, ev).read_text()
+    head = next(line for line in text.splitlines() if line.startswith("| group "))
+    overall = next(line for line in text.splitlines() if line.startswith("| overall "))
+    column = [c.strip() for c in head.split("|")].index(f"{LABEL}-fusion NDCG@10")
+    assert overall.split("|")[column].strip() == f"{ev.fusion.results.overall['NDCG@10']:.4f}"
+    assert f"w = {ev.fusion.weight:g} chosen by NDCG@10" in text

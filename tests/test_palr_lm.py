@@ -177,6 +177,29 @@ def test_lora_finetuning_makes_likelihood_ranking_prefer_the_trained_item(tiny_d
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
 
 
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_lora_layers_puts_adapters_in_the_top_layers_only_and_refuses_too_many(tiny_dir, catalog, tmp_path):
+    from padrec.palr.finetune import prepare_model
+
+    model = prepare_model(load_causal_lm(str(tiny_dir)), PALRConfig(lora_layers=1, lora_targets=ALL_LINEAR))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n for n in trainable)  # the tiny model has layers 0 and 1
+    # the frozen bottom layer records no graph, so the backward pass stops above it
+    needs_grad = {}
+    for i, layer in enumerate(model.base_model.model.model.layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: needs_grad.update({i: _first(out).requires_grad}))
+    model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert needs_grad == {0: False, 1: True}
+    cfg = PALRConfig(method="lora", lr=0.02, max_steps=3, batch_size=4, lora_layers=1, progress=False)
+    _, summary = finetune(load_causal_lm(str(tiny_dir)), _preference_examples(catalog, 4), cfg, tmp_path / "a")
+    assert summary["steps"] == 3 and summary["config"]["lora_layers"] == 1
+    with pytest.raises(ValueError, match="lora_layers=3, but .* has 2 decoder layers"):
+        prepare_model(load_causal_lm(str(tiny_dir)), PALRConfig(lora_layers=3))
+
+
 def test_finetuning_resumes_from_last_checkpoint(tiny_dir, catalog, tmp_path):
     ex = _preference_examples(catalog, fav=4, n=8)
     base = dict(method="lora", lr=0.01, max_epochs=100, batch_size=4, checkpoint_every=2, progress=False)

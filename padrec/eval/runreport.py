@@ -328,16 +328,20 @@ def pad_report(run_dir: str | Path, dataset: Any, results: Mapping[str, Results]
 
 def palr_report(run_dir: str | Path, dataset: Any, evaluation: Any) -> Path:
     """The report of a ``padrec palr run`` folder: PALR next to its retriever on the same users, the LM's
-    fine-tuning loss, hallucination and fallback rates."""
+    fine-tuning loss, hallucination and fallback rates, and with ``fusion=true`` the fused row and its weight."""
     run_dir = Path(run_dir)
     ev = evaluation
     results = {ev.retriever.model: ev.retriever, ev.results.model: ev.results}
+    fusion = getattr(ev, "fusion", None)
+    if fusion is not None:
+        results[fusion.results.model] = fusion.results
     p = ev.palr
     notes = [
         f"hallucination rate {_fmt(p.get('hallucination_rate'))}, fallback share {_fmt(p.get('fallback_share'))}, "
         f"{_fmt(p.get('users_per_second'))} users/s",
         "retriever " + ", ".join(f"{k} {_fmt(v)}" for k, v in ev.recall.items() if k.startswith("Recall@")),
         f"note: {ev.note}",
+        *([f"fusion: {fusion.note}"] if fusion is not None else []),
     ]
     return write_report(
         run_dir,

@@ -50,6 +50,10 @@ class PALRConfig(Strict):
     lora_alpha: int = Field(default=16, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # None = adapters in every decoder layer. N = only in the top N: the backward pass stops there (the frozen
+    # layers below record no graph), ~2x faster steps on CPU for N = a quarter of the layers (a deviation: PALR
+    # tunes the whole model)
+    lora_layers: int | None = Field(default=None, ge=1)
     lr: float = Field(default=2e-4, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=4, ge=1)

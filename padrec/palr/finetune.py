@@ -287,11 +287,18 @@ def prepare_model(lm: CausalLM, cfg: PALRConfig) -> Any:
         targets = [t for t in cfg.lora_targets if t in names]
         if not targets:
             raise ValueError(f"none of lora_targets {list(cfg.lora_targets)} is a module of {lm.spec!r}")
+        layers = None
+        if cfg.lora_layers is not None:
+            n = int(model.config.num_hidden_layers)
+            if cfg.lora_layers > n:
+                raise ValueError(f"lora_layers={cfg.lora_layers}, but {lm.spec!r} has {n} decoder layers")
+            layers = list(range(n - cfg.lora_layers, n))  # the top ones: gradients never flow below them
         conf = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=targets,
+            layers_to_transform=layers,
             task_type="CAUSAL_LM",
         )
         with peft_quiet():

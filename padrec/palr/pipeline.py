@@ -68,6 +68,7 @@ FINETUNE_FIELDS = (
     "lora_alpha",
     "lora_dropout",
     "lora_targets",
+    "lora_layers",
     "lr",
     "weight_decay",
     "batch_size",
