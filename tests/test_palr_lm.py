@@ -196,7 +196,7 @@ def test_lora_layers_puts_adapters_in_the_top_layers_only_and_refuses_too_many(t
     cfg = PALRConfig(method="lora", lr=0.02, max_steps=3, batch_size=4, lora_layers=1, progress=False)
     _, summary = finetune(load_causal_lm(str(tiny_dir)), _preference_examples(catalog, 4), cfg, tmp_path / "a")
     assert summary["steps"] == 3 and summary["config"]["lora_layers"] == 1
-    with pytest.raises(ValueError, match="lora_layers=3, but .* has 2 decoder layers"):
+    with pytest.raises(ValueError, match=r"lora_layers=3, but .* has 2 decoder layers"):
         prepare_model(load_causal_lm(str(tiny_dir)), PALRConfig(lora_layers=3))
 
 
