@@ -214,7 +214,10 @@ def _add_seeds(stored: dict, new: dict) -> dict:
     out["per_seed"] = sorted(_stored_seeds(stored) + new["per_seed"], key=lambda s: s["seed"])
     out.update(config=new["config"], date=new["date"])
     out["commit"] = f"{stored['commit']}+{new['commit']}"
-    out["note"] = f"{stored['note']}; seeds {new['seeds']} added by a later run (commit {new['commit']})"
+    # what the later run's note says that the stored one does not (its own --note, its stages' epochs) is kept
+    extra = [part for part in new["note"].split("; ") if part and part not in stored["note"]]
+    said = f": {'; '.join(extra)}" if extra else ""
+    out["note"] = f"{stored['note']}; seeds {new['seeds']} added by a later run (commit {new['commit']}){said}"
     return _finish(out)
 
 

@@ -615,6 +615,24 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
         bench.main(["--choose-default", "--results", str(results)])
 
 
+def test_added_seeds_keep_what_the_later_runs_note_says(bench):
+    config = {"preset": "paper", "overrides": {"patience": 5}}
+
+    def record(seed: int, note: str) -> dict:
+        values = {"seed": seed, "HR@10": 0.2 + seed / 100, "NDCG@10": 0.1, "groups": {}}
+        return bench._mean_record("pad-sasrec", [values], "ml-1m", "full-loo", note, config)
+
+    stored = record(0, "encoder minilm; stage epochs (seed 0): {'pad': 14}; overrides {'patience': 5}")
+    later = record(1, "seed 0's backbone; encoder minilm; stage epochs (seed 1): {'pad': 9}; overrides {'patience': 5}")
+    out = bench._add_seeds(stored, later)
+    assert out["seeds"] == [0, 1] and out["metrics"]["HR@10"] == pytest.approx(0.205)
+    added = out["note"].split("added by a later run")[1]
+    assert "seed 0's backbone" in added and "stage epochs (seed 1): {'pad': 9}" in added
+    assert "encoder minilm" not in added and "overrides" not in added  # said once, by the stored note
+    with pytest.raises(SystemExit, match=r"seeds \[1\] are already in the stored record"):
+        bench._add_seeds(out, later)
+
+
 def test_bench_shares_the_align_stage_only_between_configurations_it_cannot_tell_apart(bench):
     """Stage-3 keys (experts, freeze, gates...) leave the align stage as it is; any other key retrains it."""
     paper = {"seed": 0, "patience": 5}
