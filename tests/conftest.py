@@ -112,3 +112,13 @@ def smollm2():
     except ModelNotFoundError as e:
         pytest.skip(str(e))
     return load_causal_lm("smollm2")
+
+
+@pytest.fixture(autouse=True)
+def _loud_again():
+    """A CLI call with ``--json``/``--quiet`` silences padrec for the process: undo it after each test, so a test
+    that reads progress lines does not depend on which tests ran before it."""
+    yield
+    from padrec.progress import set_quiet
+
+    set_quiet(False)

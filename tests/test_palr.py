@@ -27,6 +27,7 @@ from padrec.palr.config import PALRConfig, load_palr_config
 from padrec.palr.instructions import Cooccurrence, build_examples, build_instruction_data, read_examples
 from padrec.palr.profile import ProfileStore, append_jsonl, parse_profile, read_jsonl, rule_based_profile
 from padrec.palr.prompts import (
+    LABELS,
     PROMPT_VERSION,
     ItemCatalog,
     answer_text,
@@ -242,6 +243,49 @@ def test_instruction_data_never_contains_a_validation_or_test_target():
             assert set(e["label"]) <= set(e["candidates"]) and len(e["candidates"]) == cfg.train_candidates
     # and nothing depends on the held-out targets: other targets, identical data
     assert build_examples(_held_out_changed(split), cat, cfg) == examples
+
+
+def test_retriever_negatives_are_its_top_items_for_the_training_prefix():
+    from padrec.data.registry import load_dataset
+
+    needs_data("ml-100k")
+    split = leave_one_out(load_dataset("ml-100k"))
+    cat = ItemCatalog.from_dataset(split.dataset)
+    cfg = PALRConfig(mode="verbalizer", train_negatives="retriever", retriever="pop", swap_prob=0.0)
+    pop = Pop().fit(split)
+    with pytest.raises(ValueError, match="train_negatives=retriever needs the retriever"):
+        build_examples(split, cat, cfg)
+    examples = [e for e in build_examples(split, cat, cfg, retriever=pop) if e["task"] == "recommend_retrieval"]
+    ext = cat.external_ids
+    by_popularity = [ext[i] for i in np.argsort(-pop.score([np.array([], dtype=np.int64)])[0, 1:].numpy(),
+                                                kind="stable") + 1]  # fmt: skip
+    for e in examples[:50]:
+        seq = split.train_items[split.train_offsets[e["user"]] : split.train_offsets[e["user"] + 1]]
+        prefix = {ext[i] for i in seq[: len(seq) - cfg.label_len]}  # what the retriever saw (and masks)
+        taken = prefix | set(e["input"]) | set(e["label"])
+        expected = [i for i in by_popularity if i not in taken][: cfg.train_candidates - 1]
+        assert sorted(e["candidates"]) == sorted([e["target"], *expected])
+        assert e["answer"] == LABELS[e["candidates"].index(e["target"])]
+    # shuffled: the target is not always where the retriever would put it
+    assert len({e["candidates"].index(e["target"]) for e in examples}) > 5
+    # training prefixes only: other held-out targets (and a retriever fitted there) give the same data
+    other = _held_out_changed(split)
+    assert build_examples(other, cat, cfg, retriever=Pop().fit(other)) == build_examples(split, cat, cfg, retriever=pop)
+
+
+def test_instruction_data_made_with_other_negatives_is_refused(tmp_path, toy):
+    from padrec.palr.pipeline import build_data, check_data_stage
+    from padrec.train.config import ConfigError
+
+    ds, _ = toy
+    split = leave_one_out(ds)
+    opts = dict(user_fraction=0.5, label_len=2, n_recommend=3, min_input=1, train_candidates=6, mode="verbalizer",
+                retriever="pop", progress=False)  # fmt: skip
+    meta, reused = build_data(split, tmp_path, PALRConfig(train_negatives="retriever", **opts))
+    assert meta["negatives"] == "retriever:pop" and not reused
+    with pytest.raises(ConfigError, match="takes its ranking negatives from retriever:pop, but this run asks for "
+                       "cooccurrence"):  # fmt: skip
+        check_data_stage(split, tmp_path, PALRConfig(**opts))
 
 
 def test_build_data_writes_jsonl_and_meta(tmp_path, toy):

@@ -42,6 +42,10 @@ class PALRConfig(Strict):
     cooc_top: int = Field(default=20, ge=1)
     swap_prob: float = Field(default=0.1, ge=0, le=1)
     train_candidates: int = Field(default=20, ge=2)
+    # where the ranking task's negatives come from: co-occurrence neighbours of the input + random items (easy: the
+    # model learns to tell a plausible item from a random one), or `retriever`: cfg.retriever's top items for the
+    # training prefix, as at inference (hard negatives, LlamaRec-style; the instruction data then depends on it)
+    train_negatives: Literal["cooccurrence", "retriever"] = "cooccurrence"
     seed: int = 0
     # -- fine-tuning ------------------------------------------------------------------------
     lm: str = "smollm2"

@@ -10,13 +10,15 @@ input. A label shorter than ``n_recommend`` is filled from co-occurrence neighbo
 items, hop by hop up to ``fill_hops`` (marked in ``filled``). With probability ``swap_prob`` one input
 item and one label item change places. *Recommend* asks for the label; *Recommend_Retrieval* shows
 ``train_candidates`` candidates = label + co-occurrence neighbours of the input (similar negatives)
-+ uniform random items, shuffled. With ``mode=verbalizer`` the *Recommend_Retrieval* examples use the
-verbalizer's format instead (:func:`retrieval_format`): candidates labelled ``[A] title`` (the next item +
-negatives, the later label items left out), ``answer_prefix`` ``"["`` and the next item's label as the answer.
++ uniform random items, shuffled (``train_negatives=retriever``: the retriever's top items for the training
+prefix before the next item instead, as at inference). With ``mode=verbalizer`` the *Recommend_Retrieval*
+examples use the verbalizer's format instead (:func:`retrieval_format`): candidates labelled ``[A] title`` (the
+next item + negatives, the later label items left out), ``answer_prefix`` ``"["`` and the next item's label as
+the answer.
 
 ``meta.json`` records what the set was built from (:func:`instruction_identity`: dataset, ``n_items``, its
-shape, :func:`data_fingerprint`, prompt version, ranking format); :func:`stale_reason` says why a set does not
-fit (a set from before fingerprints is compared by the dataset's shape).
+shape, :func:`data_fingerprint`, prompt version, ranking format, negatives); :func:`stale_reason` says why a set
+does not fit (a set from before fingerprints is compared by the dataset's shape).
 """
 
 from __future__ import annotations
@@ -138,9 +140,10 @@ def example_windows(split: Split, cfg: PALRConfig, users: np.ndarray) -> list[tu
 
 
 def build_examples(
-    split: Split, catalog: ItemCatalog, cfg: PALRConfig, profiles: ProfileStore | None = None
+    split: Split, catalog: ItemCatalog, cfg: PALRConfig, profiles: ProfileStore | None = None, retriever: Any = None
 ) -> list[dict[str, Any]]:
-    """Instruction examples (dicts with ``prompt`` and ``answer`` text and the item ids behind them)."""
+    """Instruction examples (dicts with ``prompt`` and ``answer`` text and the item ids behind them);
+    ``retriever`` (a fitted recommender) is needed with ``train_negatives=retriever``."""
     rng = np.random.default_rng(cfg.seed + 1)
     graph = Cooccurrence.from_sequences(
         split.train_offsets, split.train_items, split.n_items, cfg.cooc_window, cfg.cooc_top
@@ -148,7 +151,14 @@ def build_examples(
     ext = catalog.external_ids
     examples = []
     windows = example_windows(split, cfg, sample_training_users(split, cfg))
-    for u, inp, label in bar(None, "instruction data", unit="user", enabled=cfg.progress, iterable=windows):
+    ranked = None
+    if cfg.train_negatives == "retriever" and "recommend_retrieval" in cfg.tasks:
+        if retriever is None:
+            raise ValueError("train_negatives=retriever needs the retriever (build_examples(..., retriever=))")
+        ranked = retriever_ranking(split, cfg, retriever, [u for u, _, _ in windows])
+    for k, (u, inp, label) in enumerate(
+        bar(None, "instruction data", unit="user", enabled=cfg.progress, iterable=windows)
+    ):
         inp, label = list(inp), list(label)
         if cfg.swap_prob > 0 and inp and label and rng.random() < cfg.swap_prob:
             a, b = int(rng.integers(len(inp))), int(rng.integers(len(label)))
@@ -181,10 +191,13 @@ def build_examples(
             # the verbalizer's task: candidates listed as "[A] title", the answer is the next item's label, the
             # one token the verbalizer ranker reads after "["; the later label items are kept out of the candidates
             target = answer[0]
-            cands = _training_candidates(
-                graph, rng, inp, [target], min(cfg.train_candidates, len(LABELS)), split.n_items, cfg.fill_hops,
-                exclude=answer,
-            )  # fmt: skip
+            size = min(cfg.train_candidates, len(LABELS))
+            if ranked is not None:
+                cands = _ranked_candidates(ranked[k], rng, inp, [target], size, exclude=answer)
+            else:
+                cands = _training_candidates(
+                    graph, rng, inp, [target], size, split.n_items, cfg.fill_hops, exclude=answer
+                )
             examples.append(
                 {
                     **base,
@@ -198,7 +211,12 @@ def build_examples(
                 }
             )
         elif "recommend_retrieval" in cfg.tasks:
-            cands = _training_candidates(graph, rng, inp, answer, cfg.train_candidates, split.n_items, cfg.fill_hops)
+            if ranked is not None:
+                cands = _ranked_candidates(ranked[k], rng, inp, answer, cfg.train_candidates)
+            else:
+                cands = _training_candidates(
+                    graph, rng, inp, answer, cfg.train_candidates, split.n_items, cfg.fill_hops
+                )
             examples.append(
                 {
                     **base,
@@ -209,6 +227,45 @@ def build_examples(
                 }
             )
     return examples
+
+
+def retriever_ranking(
+    split: Split, cfg: PALRConfig, retriever: Any, users: Sequence[int], batch_size: int = 256
+) -> list[np.ndarray]:
+    """Per user, the retriever's best items (best first, the prefix masked) for the training prefix before the
+    label window: what it would offer as candidates right before the example's next item. Enough are kept to
+    fill ``train_candidates`` after the label items and the (possibly swapped) input are taken out."""
+    from padrec.palr.retrieval import retriever_scores, top_candidates
+
+    prefixes = []
+    for u in users:
+        seq = split.train_items[split.train_offsets[u] : split.train_offsets[u + 1]]
+        prefixes.append(np.asarray(seq[: max(cfg.min_input, len(seq) - cfg.label_len)], dtype=np.int64))
+    n = cfg.train_candidates + cfg.label_len + cfg.max_history
+    out: list[np.ndarray] = []
+    for lo in range(0, len(prefixes), batch_size):
+        hist = prefixes[lo : lo + batch_size]
+        users_ = np.asarray(users[lo : lo + batch_size], dtype=np.int64)
+        out.extend(top_candidates(retriever_scores(retriever, hist, users_), hist, n))
+    return out
+
+
+def _ranked_candidates(
+    ranked: np.ndarray,
+    rng: np.random.Generator,
+    inp: list[int],
+    answer: list[int],
+    size: int,
+    exclude: Sequence[int] = (),
+) -> list[int]:
+    """The answer + the retriever's best other items (never an input or ``exclude`` item), shuffled: the model
+    must tell the next item from the ones the retriever ranks next to it, not from where it stands."""
+    size = max(size, len(answer))
+    taken = set(inp) | set(answer) | set(exclude)
+    negs = [int(i) for i in ranked if int(i) not in taken][: size - len(answer)]
+    cands = list(answer) + negs
+    rng.shuffle(cands)
+    return cands
 
 
 def _training_candidates(
@@ -242,12 +299,17 @@ def _training_candidates(
 
 
 def build_instruction_data(
-    split: Split, catalog: ItemCatalog, cfg: PALRConfig, out_dir: str | Path, profiles: ProfileStore | None = None
+    split: Split,
+    catalog: ItemCatalog,
+    cfg: PALRConfig,
+    out_dir: str | Path,
+    profiles: ProfileStore | None = None,
+    retriever: Any = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/instructions.jsonl`` and ``meta.json`` (the stage is done once meta.json exists)."""
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    examples = build_examples(split, catalog, cfg, profiles)
+    examples = build_examples(split, catalog, cfg, profiles, retriever)
     atomic_write_text(out_dir / DATA_FILE, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))
     filled = sum(sum(e["filled"]) for e in examples)
     slots = sum(len(e["filled"]) for e in examples)
@@ -290,7 +352,16 @@ def instruction_identity(split: Split, catalog: ItemCatalog, cfg: PALRConfig) ->
         "dataset_shape": [int(split.dataset.n_users), int(split.n_items), int(split.dataset.n_interactions)],
         "data_fingerprint": data_fingerprint(split, catalog),
         "retrieval_format": retrieval_format(cfg),
+        "negatives": negatives_source(cfg),
     }
+
+
+def negatives_source(cfg: PALRConfig) -> str:
+    """Where the ranking examples' negatives came from: ``cooccurrence``, or ``retriever:<its run or name>``."""
+    if cfg.train_negatives == "cooccurrence" or "recommend_retrieval" not in cfg.tasks:
+        return "cooccurrence"
+    spec = cfg.retriever
+    return f"retriever:{Path(spec).resolve() if Path(spec).exists() else spec}"
 
 
 def stale_reason(meta: dict[str, Any], now: dict[str, Any]) -> str | None:
@@ -315,6 +386,9 @@ def stale_reason(meta: dict[str, Any], now: dict[str, Any]) -> str | None:
                 f"is older than the data: dataset {now['dataset']!r} changed since it was built "
                 f"(users/items/interactions {was} then, {'/'.join(map(str, now['dataset_shape']))} now)"
             )
+    had = meta.get("negatives", "cooccurrence")
+    if had != now.get("negatives", "cooccurrence"):
+        return f"takes its ranking negatives from {had}, but this run asks for {now['negatives']} (train_negatives)"
     was = meta.get("retrieval_format", "titles")
     if was != now["retrieval_format"]:
         modes = {"labelled": "mode=verbalizer", "titles": "mode=likelihood or generation"}

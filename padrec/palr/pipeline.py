@@ -160,7 +160,10 @@ def build_data(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = Non
             batch_size=cfg.profile_batch_size,
             progress=cfg.progress,
         )
-    return build_instruction_data(split, catalog, cfg, data_dir, store), False
+    retriever = None
+    if cfg.train_negatives == "retriever" and "recommend_retrieval" in cfg.tasks:
+        retriever = load_retriever(cfg.retriever, split)
+    return build_instruction_data(split, catalog, cfg, data_dir, store, retriever), False
 
 
 # -- stage 2: fine-tuning ----------------------------------------------------------------------
