@@ -51,7 +51,8 @@ PAPER = {
 }
 ORDER = [
     "sasrec", "palr-zeroshot", "palr-zeroshot-gt", "palr-v1", "palr-v2", "palr-v2-fusion", "palr-v2-gt",
-    "palr-v2-generation",
+    "palr-v2-generation", "palr-v2-hardneg", "palr-v2-hardneg-fusion", "palr-v2-hardneg-gt",
+    "palr-v2-hardneg-generation",
 ]  # fmt: skip
 
 
@@ -114,6 +115,13 @@ def main() -> None:
     ap.add_argument("--select-every", type=int, default=100, help="validation selection every N steps (0 = off)")
     ap.add_argument("--select-users", type=int, default=64)
     ap.add_argument("--no-fusion", action="store_true", help="skip the fused LM + retriever row")
+    ap.add_argument(
+        "--train-negatives",
+        choices=["cooccurrence", "retriever"],
+        default="cooccurrence",
+        help="ranking examples' negatives: co-occurrence + random items, or the retriever's top items",
+    )
+    ap.add_argument("--tag", default="", help="appended to the fine-tuned rows' names (palr-v2-TAG, ...)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", type=Path)
@@ -159,7 +167,9 @@ def main() -> None:
         "select_every": args.select_every,
         "select_users": args.select_users,
         "fusion": not args.no_fusion,
+        "train_negatives": args.train_negatives,
     }
+    tag = f"-{args.tag}" if args.tag else ""
     cpu = (
         f"CPU run on a shared 2-core CPU ({args.threads} torch thread{'s' if args.threads > 1 else ''}"
         f"{', ' + args.context if args.context else ''}): {args.lm} (135M), {args.n_candidates} candidates "
@@ -186,8 +196,10 @@ def main() -> None:
                 else ""
             )
             layers = f" in the top {cfg.lora_layers} layers" if cfg.lora_layers else ""
+            negs = "co-occurrence + random" if cfg.train_negatives == "cooccurrence" else "the retriever's top items"
             tune = (
-                f"; LoRA r={cfg.lora_r}{layers} on {','.join(cfg.tasks)} ({ft['examples']} examples, {cfg.precision}):"
+                f"; training negatives: {negs}; LoRA r={cfg.lora_r}{layers} on {','.join(cfg.tasks)} "
+                f"({ft['examples']} examples, {cfg.precision}):"
                 f" {ft['steps']} steps x batch {cfg.batch_size}, lr {cfg.lr}, loss {ft['first_loss']:.3f} -> "
                 f"{ft['last_loss']:.3f}, {ft['seconds']:.0f}s{chosen}"
             )
@@ -217,12 +229,12 @@ def main() -> None:
         brief = {k: ft[k] for k in ("steps", "first_loss", "last_loss", "seconds")}
         print(f"{name}: fine-tuning {'reused' if reused else 'done'}: {json.dumps(brief)}", flush=True)
         if name in args.stages:
-            evaluate(lm, f"palr-{name}", ft, tasks=tasks)
+            evaluate(lm, f"palr-{name}{tag}", ft, tasks=tasks)
         if name == "v2" and "v2-gt" in args.stages:
-            evaluate(lm, "palr-v2-gt", ft, tasks=tasks, upper_bound=True, fusion=False)
+            evaluate(lm, f"palr-v2{tag}-gt", ft, tasks=tasks, upper_bound=True, fusion=False)
         if name == "v2" and "v2-generation" in args.stages:
             over = {"mode": "generation", "max_users": args.gen_users, "fusion": False}
-            evaluate(lm, "palr-v2-generation", ft, tasks=tasks, **over)
+            evaluate(lm, f"palr-v2{tag}-generation", ft, tasks=tasks, **over)
         del lm
     print(f"wrote {(args.results / 'palr.json') if args.results else RESULTS}", flush=True)
 
