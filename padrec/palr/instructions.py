@@ -129,12 +129,17 @@ def sample_training_users(split: Split, cfg: PALRConfig) -> np.ndarray:
     return np.sort(rng.choice(eligible, size=n, replace=False)) if n else eligible
 
 
+def _label_cut(split: Split, cfg: PALRConfig, user: int) -> tuple[np.ndarray, int]:
+    """The user's training prefix and where its label window starts (its last ``label_len`` items)."""
+    seq = split.train_items[split.train_offsets[user] : split.train_offsets[user + 1]]
+    return seq, max(cfg.min_input, len(seq) - cfg.label_len)
+
+
 def example_windows(split: Split, cfg: PALRConfig, users: np.ndarray) -> list[tuple[int, list[int], list[int]]]:
     """``(user, input, label)`` per user: the training prefix's last ``label_len`` items are the label."""
     out = []
     for u in users:
-        seq = split.train_items[split.train_offsets[u] : split.train_offsets[u + 1]]
-        cut = max(cfg.min_input, len(seq) - cfg.label_len)
+        seq, cut = _label_cut(split, cfg, u)
         out.append((int(u), [int(i) for i in seq[max(0, cut - cfg.max_history) : cut]], [int(i) for i in seq[cut:]]))
     return out
 
@@ -152,7 +157,7 @@ def build_examples(
     examples = []
     windows = example_windows(split, cfg, sample_training_users(split, cfg))
     ranked = None
-    if cfg.train_negatives == "retriever" and "recommend_retrieval" in cfg.tasks:
+    if uses_retriever_negatives(cfg):
         if retriever is None:
             raise ValueError("train_negatives=retriever needs the retriever (build_examples(..., retriever=))")
         ranked = retriever_ranking(split, cfg, retriever, [u for u, _, _ in windows])
@@ -160,6 +165,7 @@ def build_examples(
         bar(None, "instruction data", unit="user", enabled=cfg.progress, iterable=windows)
     ):
         inp, label = list(inp), list(label)
+        mine = None if ranked is None else ranked[k]  # the retriever's list for this prefix, if it gives negatives
         if cfg.swap_prob > 0 and inp and label and rng.random() < cfg.swap_prob:
             a, b = int(rng.integers(len(inp))), int(rng.integers(len(label)))
             inp[a], label[b] = label[b], inp[a]
@@ -192,12 +198,7 @@ def build_examples(
             # one token the verbalizer ranker reads after "["; the later label items are kept out of the candidates
             target = answer[0]
             size = min(cfg.train_candidates, len(LABELS))
-            if ranked is not None:
-                cands = _ranked_candidates(ranked[k], rng, inp, [target], size, exclude=answer)
-            else:
-                cands = _training_candidates(
-                    graph, rng, inp, [target], size, split.n_items, cfg.fill_hops, exclude=answer
-                )
+            cands = _training_candidates(graph, rng, inp, [target], size, split.n_items, cfg.fill_hops, answer, mine)
             examples.append(
                 {
                     **base,
@@ -211,12 +212,9 @@ def build_examples(
                 }
             )
         elif "recommend_retrieval" in cfg.tasks:
-            if ranked is not None:
-                cands = _ranked_candidates(ranked[k], rng, inp, answer, cfg.train_candidates)
-            else:
-                cands = _training_candidates(
-                    graph, rng, inp, answer, cfg.train_candidates, split.n_items, cfg.fill_hops
-                )
+            cands = _training_candidates(
+                graph, rng, inp, answer, cfg.train_candidates, split.n_items, cfg.fill_hops, ranked=mine
+            )
             examples.append(
                 {
                     **base,
@@ -239,8 +237,8 @@ def retriever_ranking(
 
     prefixes = []
     for u in users:
-        seq = split.train_items[split.train_offsets[u] : split.train_offsets[u + 1]]
-        prefixes.append(np.asarray(seq[: max(cfg.min_input, len(seq) - cfg.label_len)], dtype=np.int64))
+        seq, cut = _label_cut(split, cfg, u)
+        prefixes.append(np.asarray(seq[:cut], dtype=np.int64))
     n = cfg.train_candidates + cfg.label_len + cfg.max_history
     out: list[np.ndarray] = []
     for lo in range(0, len(prefixes), batch_size):
@@ -248,24 +246,6 @@ def retriever_ranking(
         users_ = np.asarray(users[lo : lo + batch_size], dtype=np.int64)
         out.extend(top_candidates(retriever_scores(retriever, hist, users_), hist, n))
     return out
-
-
-def _ranked_candidates(
-    ranked: np.ndarray,
-    rng: np.random.Generator,
-    inp: list[int],
-    answer: list[int],
-    size: int,
-    exclude: Sequence[int] = (),
-) -> list[int]:
-    """The answer + the retriever's best other items (never an input or ``exclude`` item), shuffled: the model
-    must tell the next item from the ones the retriever ranks next to it, not from where it stands."""
-    size = max(size, len(answer))
-    taken = set(inp) | set(answer) | set(exclude)
-    negs = [int(i) for i in ranked if int(i) not in taken][: size - len(answer)]
-    cands = list(answer) + negs
-    rng.shuffle(cands)
-    return cands
 
 
 def _training_candidates(
@@ -277,11 +257,18 @@ def _training_candidates(
     n_items: int,
     hops: int,
     exclude: Sequence[int] = (),
+    ranked: np.ndarray | None = None,
 ) -> list[int]:
-    """The answer + similar negatives (neighbours of the input) + uniform random items, shuffled
-    (never an ``exclude`` item)."""
+    """The answer + negatives, shuffled (never an input or ``exclude`` item). Negatives: similar items
+    (neighbours of the input) + uniform random items, or with ``ranked`` (the retriever's list for the prefix,
+    best first) its best other items, so the model must tell the next item from the ones the retriever ranks
+    next to it, not from where it stands."""
     size = max(size, len(answer))
     taken = set(inp) | set(answer) | set(exclude)
+    if ranked is not None:
+        cands = list(answer) + [int(i) for i in ranked if int(i) not in taken][: size - len(answer)]
+        rng.shuffle(cands)
+        return cands
     negs = graph.expand(inp[-5:], taken, (size - len(answer) + 1) // 2, max(hops, 1))
     taken.update(negs)
     budget = size - len(answer) - len(negs)
@@ -356,9 +343,14 @@ def instruction_identity(split: Split, catalog: ItemCatalog, cfg: PALRConfig) ->
     }
 
 
+def uses_retriever_negatives(cfg: PALRConfig) -> bool:
+    """Whether the instruction data needs the retriever: ranking examples with ``train_negatives=retriever``."""
+    return cfg.train_negatives == "retriever" and "recommend_retrieval" in cfg.tasks
+
+
 def negatives_source(cfg: PALRConfig) -> str:
     """Where the ranking examples' negatives came from: ``cooccurrence``, or ``retriever:<its run or name>``."""
-    if cfg.train_negatives == "cooccurrence" or "recommend_retrieval" not in cfg.tasks:
+    if not uses_retriever_negatives(cfg):
         return "cooccurrence"
     spec = cfg.retriever
     return f"retriever:{Path(spec).resolve() if Path(spec).exists() else spec}"

@@ -33,6 +33,7 @@ from padrec.palr.instructions import (
     instruction_identity,
     read_examples,
     stale_reason,
+    uses_retriever_negatives,
 )
 from padrec.palr.instructions import sample_training_users as _training_users
 from padrec.palr.profile import ProfileStore
@@ -161,7 +162,7 @@ def build_data(split: Split, run_dir: str | Path, cfg: PALRConfig, lm: Any = Non
             progress=cfg.progress,
         )
     retriever = None
-    if cfg.train_negatives == "retriever" and "recommend_retrieval" in cfg.tasks:
+    if uses_retriever_negatives(cfg):
         retriever = load_retriever(cfg.retriever, split)
     return build_instruction_data(split, catalog, cfg, data_dir, store, retriever), False
 
