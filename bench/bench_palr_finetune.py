@@ -52,7 +52,8 @@ PAPER = {
 ORDER = [
     "sasrec", "palr-zeroshot", "palr-zeroshot-gt", "palr-v1", "palr-v2", "palr-v2-fusion", "palr-v2-gt",
     "palr-v2-generation", "palr-v2-hardneg", "palr-v2-hardneg-fusion", "palr-v2-hardneg-gt",
-    "palr-v2-hardneg-generation",
+    "palr-v2-hardneg-generation", "palr-v2-ordered", "palr-v2-ordered-fusion", "palr-v2-ordered-gt",
+    "palr-v2-ordered-generation",
 ]  # fmt: skip
 
 
@@ -121,6 +122,13 @@ def main() -> None:
         default="cooccurrence",
         help="ranking examples' negatives: co-occurrence + random items, or the retriever's top items",
     )
+    ap.add_argument(
+        "--train-order",
+        choices=["shuffled", "retriever"],
+        default="shuffled",
+        help="list the retriever's training candidates in its order (needs --train-negatives retriever)",
+    )
+    ap.add_argument("--user-fraction", type=float, default=0.2, help="users giving instruction examples (PALR: 0.2)")
     ap.add_argument("--tag", default="", help="appended to the fine-tuned rows' names (palr-v2-TAG, ...)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -168,6 +176,8 @@ def main() -> None:
         "select_users": args.select_users,
         "fusion": not args.no_fusion,
         "train_negatives": args.train_negatives,
+        "train_order": args.train_order,
+        "user_fraction": args.user_fraction,
     }
     tag = f"-{args.tag}" if args.tag else ""
     cpu = (
@@ -197,9 +207,11 @@ def main() -> None:
             )
             layers = f" in the top {cfg.lora_layers} layers" if cfg.lora_layers else ""
             negs = "co-occurrence + random" if cfg.train_negatives == "cooccurrence" else "the retriever's top items"
+            negs += ", in its order (users whose next item it missed left out)" if cfg.train_order == "retriever" else ""
+            users = f"{cfg.user_fraction:.0%} of users, " if cfg.user_fraction != 0.2 else ""
             tune = (
                 f"; training negatives: {negs}; LoRA r={cfg.lora_r}{layers} on {','.join(cfg.tasks)} "
-                f"({ft['examples']} examples, {cfg.precision}):"
+                f"({users}{ft['examples']} examples, {cfg.precision}):"
                 f" {ft['steps']} steps x batch {cfg.batch_size}, lr {cfg.lr}, loss {ft['first_loss']:.3f} -> "
                 f"{ft['last_loss']:.3f}, {ft['seconds']:.0f}s{chosen}"
             )

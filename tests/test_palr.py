@@ -273,6 +273,39 @@ def test_retriever_negatives_are_its_top_items_for_the_training_prefix():
     assert build_examples(other, cat, cfg, retriever=Pop().fit(other)) == build_examples(split, cat, cfg, retriever=pop)
 
 
+def test_ordered_retriever_candidates_keep_its_order_and_leave_out_missed_users():
+    from padrec.data.registry import load_dataset
+
+    needs_data("ml-100k")
+    split = leave_one_out(load_dataset("ml-100k"))
+    cat = ItemCatalog.from_dataset(split.dataset)
+    opts = dict(mode="verbalizer", train_negatives="retriever", retriever="pop", swap_prob=0.0, progress=False)
+    pop = Pop().fit(split)
+    ordered = build_examples(split, cat, PALRConfig(train_order="retriever", **opts), retriever=pop)
+    ranked = [e for e in ordered if e["task"] == "recommend_retrieval"]
+    ext = cat.external_ids
+    by_popularity = [ext[i] for i in np.argsort(-pop.score([np.array([], dtype=np.int64)])[0, 1:].numpy(),
+                                                kind="stable") + 1]  # fmt: skip
+    cfg = PALRConfig(**opts)
+    offered = 0
+    for e in [e for e in ordered if e["task"] == "recommend"]:
+        seq = split.train_items[split.train_offsets[e["user"]] : split.train_offsets[e["user"] + 1]]
+        prefix = {ext[i] for i in seq[: len(seq) - cfg.label_len]}
+        target = e["label"][0]
+        top = [i for i in by_popularity if i not in prefix | set(e["input"]) | set(e["label"]) or i == target]
+        top = top[: cfg.train_candidates]
+        mine = [r for r in ranked if r["user"] == e["user"]]
+        if target in top:  # the retriever offered it: the list as the retriever ranks it, the answer where it stands
+            offered += 1
+            assert len(mine) == 1 and mine[0]["candidates"] == top
+            assert mine[0]["answer"] == LABELS[top.index(target)]
+        else:  # it did not: no ranking example for this user
+            assert mine == []
+    assert 0 < offered == len(ranked) < len(ordered) - len(ranked)  # some users left out, none made up
+    with pytest.raises(ValueError, match="train_order=retriever .* needs train_negatives=retriever"):
+        PALRConfig(mode="verbalizer", train_order="retriever")
+
+
 def test_instruction_data_made_with_other_negatives_is_refused(tmp_path, toy):
     from padrec.palr.pipeline import build_data, check_data_stage
     from padrec.train.config import ConfigError
@@ -286,6 +319,8 @@ def test_instruction_data_made_with_other_negatives_is_refused(tmp_path, toy):
     with pytest.raises(ConfigError, match="takes its ranking negatives from retriever:pop, but this run asks for "
                        "cooccurrence"):  # fmt: skip
         check_data_stage(split, tmp_path, PALRConfig(**opts))
+    with pytest.raises(ConfigError, match="train_order=shuffled, but this run asks for retriever"):
+        check_data_stage(split, tmp_path, PALRConfig(train_negatives="retriever", train_order="retriever", **opts))
 
 
 def test_build_data_writes_jsonl_and_meta(tmp_path, toy):

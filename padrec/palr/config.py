@@ -46,6 +46,12 @@ class PALRConfig(Strict):
     # model learns to tell a plausible item from a random one), or `retriever`: cfg.retriever's top items for the
     # training prefix, as at inference (hard negatives, LlamaRec-style; the instruction data then depends on it)
     train_negatives: Literal["cooccurrence", "retriever"] = "cooccurrence"
+    # how those retriever candidates are listed: `shuffled` (the model must judge the titles alone) or `retriever`
+    # (in the retriever's order, as the ranker lists them at inference with candidate_order=retriever, so the LM can
+    # learn to correct that order rather than replace it; padrec's, after LlamaRec). With `retriever`, a user whose
+    # next item is not among the retriever's top train_candidates gives no ranking example: the position of an item
+    # the retriever did not offer says nothing the ranker will meet (at inference such a user cannot be helped).
+    train_order: Literal["shuffled", "retriever"] = "shuffled"
     seed: int = 0
     # -- fine-tuning ------------------------------------------------------------------------
     lm: str = "smollm2"
@@ -114,6 +120,11 @@ class PALRConfig(Strict):
                         f"mode=verbalizer labels at most {len(LABELS)} candidates ([A]..[z]), "
                         f"got {key}={getattr(self, key)}"
                     )
+        if self.train_order == "retriever" and (self.train_negatives != "retriever" or self.mode != "verbalizer"):
+            raise ValueError(
+                "train_order=retriever lists the retriever's candidates in its order with one labelled answer: it "
+                f"needs train_negatives=retriever and mode=verbalizer (got {self.train_negatives}, {self.mode})"
+            )
         if self.fusion and self.mode == "generation":
             raise ValueError(
                 "fusion=true needs a score per candidate: use mode=likelihood or mode=verbalizer (generation only "

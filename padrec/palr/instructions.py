@@ -11,7 +11,8 @@ items, hop by hop up to ``fill_hops`` (marked in ``filled``). With probability `
 item and one label item change places. *Recommend* asks for the label; *Recommend_Retrieval* shows
 ``train_candidates`` candidates = label + co-occurrence neighbours of the input (similar negatives)
 + uniform random items, shuffled (``train_negatives=retriever``: the retriever's top items for the training
-prefix before the next item instead, as at inference). With ``mode=verbalizer`` the *Recommend_Retrieval*
+prefix before the next item instead, as at inference; with ``train_order=retriever`` listed in the retriever's
+order, and only for users whose next item is among them). With ``mode=verbalizer`` the *Recommend_Retrieval*
 examples use the verbalizer's format instead (:func:`retrieval_format`): candidates labelled ``[A] title`` (the
 next item + negatives, the later label items left out), ``answer_prefix`` ``"["`` and the next item's label as
 the answer.
@@ -198,23 +199,28 @@ def build_examples(
             # one token the verbalizer ranker reads after "["; the later label items are kept out of the candidates
             target = answer[0]
             size = min(cfg.train_candidates, len(LABELS))
-            cands = _training_candidates(graph, rng, inp, [target], size, split.n_items, cfg.fill_hops, answer, mine)
-            examples.append(
-                {
-                    **base,
-                    "task": "recommend_retrieval",
-                    "format": "labelled",
-                    "candidates": [ext[i] for i in cands],
-                    "target": ext[target],
-                    "prompt": labelled_retrieval_prompt(catalog, inp, profile, cands),
-                    "answer_prefix": VERBALIZER_PREFIX,
-                    "answer": LABELS[cands.index(target)],
-                }
+            ordered = cfg.train_order == "retriever"
+            cands = _training_candidates(
+                graph, rng, inp, [target], size, split.n_items, cfg.fill_hops, answer, mine, ordered
             )
+            if cands is not None:  # None: train_order=retriever and the retriever did not offer the next item
+                examples.append(
+                    {
+                        **base,
+                        "task": "recommend_retrieval",
+                        "format": "labelled",
+                        "candidates": [ext[i] for i in cands],
+                        "target": ext[target],
+                        "prompt": labelled_retrieval_prompt(catalog, inp, profile, cands),
+                        "answer_prefix": VERBALIZER_PREFIX,
+                        "answer": LABELS[cands.index(target)],
+                    }
+                )
         elif "recommend_retrieval" in cfg.tasks:
             cands = _training_candidates(
                 graph, rng, inp, answer, cfg.train_candidates, split.n_items, cfg.fill_hops, ranked=mine
             )
+            assert cands is not None  # only the ordered (verbalizer) examples can be left out
             examples.append(
                 {
                     **base,
@@ -258,13 +264,18 @@ def _training_candidates(
     hops: int,
     exclude: Sequence[int] = (),
     ranked: np.ndarray | None = None,
-) -> list[int]:
+    ordered: bool = False,
+) -> list[int] | None:
     """The answer + negatives, shuffled (never an input or ``exclude`` item). Negatives: similar items
     (neighbours of the input) + uniform random items, or with ``ranked`` (the retriever's list for the prefix,
     best first) its best other items, so the model must tell the next item from the ones the retriever ranks
-    next to it, not from where it stands."""
+    next to it, not from where it stands. ``ordered``: the retriever's top ``size`` items as it ranks them, the
+    answer (one item) where the retriever put it; None when it is not among them."""
     size = max(size, len(answer))
     taken = set(inp) | set(answer) | set(exclude)
+    if ranked is not None and ordered:
+        top = [int(i) for i in ranked if int(i) not in taken or int(i) == answer[0]][:size]
+        return top if answer[0] in top else None
     if ranked is not None:
         cands = list(answer) + [int(i) for i in ranked if int(i) not in taken][: size - len(answer)]
         rng.shuffle(cands)
@@ -340,6 +351,7 @@ def instruction_identity(split: Split, catalog: ItemCatalog, cfg: PALRConfig) ->
         "data_fingerprint": data_fingerprint(split, catalog),
         "retrieval_format": retrieval_format(cfg),
         "negatives": negatives_source(cfg),
+        "train_order": cfg.train_order,
     }
 
 
@@ -381,6 +393,9 @@ def stale_reason(meta: dict[str, Any], now: dict[str, Any]) -> str | None:
     had = meta.get("negatives", "cooccurrence")
     if had != now.get("negatives", "cooccurrence"):
         return f"takes its ranking negatives from {had}, but this run asks for {now['negatives']} (train_negatives)"
+    order = meta.get("train_order", "shuffled")
+    if order != now.get("train_order", "shuffled"):
+        return f"lists its ranking candidates with train_order={order}, but this run asks for {now['train_order']}"
     was = meta.get("retrieval_format", "titles")
     if was != now["retrieval_format"]:
         modes = {"labelled": "mode=verbalizer", "titles": "mode=likelihood or generation"}
