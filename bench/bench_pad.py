@@ -318,24 +318,38 @@ def _prepare_run_dir(
         shutil.copytree(pad_from, run_dir / "pad", ignore=shutil.ignore_patterns("checkpoints", "calibration.json"))
 
 
-class _SeedStages:
-    """One seed's finished stages, handed on to the next configuration of that seed: the first trains the
-    backbone (unless ``pretrained``) and the others copy it; align stages and uncalibrated stage 3s likewise,
-    to configurations that cannot tell them apart (:func:`_align_key`, :func:`_pad_key`)."""
+def _backbone_key(overrides: dict) -> str:
+    """What the backbone depends on besides the seed: its ``backbone.*`` keys (a preset that changes them, such as
+    ``paper-official`` or ``paper-bce``, trains a backbone of its own)."""
+    keys = {k: v for k, v in overrides.items() if k.startswith("backbone.") and k not in _SEED_KEYS}
+    return json.dumps(_json_norm(keys), sort_keys=True)
 
-    def __init__(self, pretrained: Path | None = None) -> None:
-        self.backbone = pretrained
+
+_SEED_KEYS = frozenset({"backbone.seed", "backbone.progress"})
+
+
+class _SeedStages:
+    """One seed's finished stages, handed on to the next configuration of that seed: the first configuration of
+    each backbone setting (:func:`_backbone_key`) trains that backbone (unless ``pretrained`` is given for the
+    call's own ``overrides``) and the others copy it; align stages and uncalibrated stage 3s likewise, to
+    configurations that cannot tell them apart (:func:`_align_key`, :func:`_pad_key`)."""
+
+    def __init__(self, pretrained: Path | None = None, overrides: dict | None = None) -> None:
+        self.backbones: dict[str, Path] = {} if pretrained is None else {_backbone_key(overrides or {}): pretrained}
         self.aligns: dict[str, Path] = {}
         self.pads: dict[str, Path] = {}
 
     def prepare(self, run_dir: Path, seeded: dict) -> None:
         _prepare_run_dir(
-            run_dir, self.backbone, seeded, self.aligns.get(_align_key(seeded)), self.pads.get(_pad_key(seeded))
+            run_dir,
+            self.backbones.get(_backbone_key(seeded)),
+            seeded,
+            self.aligns.get(_align_key(seeded)),
+            self.pads.get(_pad_key(seeded)),
         )
 
     def finished(self, run_dir: Path, seeded: dict) -> None:
-        if self.backbone is None:
-            self.backbone = run_dir / "pretrain"
+        self.backbones.setdefault(_backbone_key(seeded), run_dir / "pretrain")
         if _align_key(seeded) is not None:
             self.aligns.setdefault(_align_key(seeded), run_dir / "align")
         if not seeded.get("calibrate"):  # a calibrated stage 3 is not its twin's
@@ -369,9 +383,12 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     pad_res: dict[str, list[dict]] = {name: [] for name, _, _ in variants}
     first: dict[str, Any] = {}  # name -> the first seed's run
     bb = args.backbone
+    own_bb: dict[str, list[dict]] = {}  # presets with a backbone of their own: its per-seed test numbers
     for seed in args.seeds:
-        stages = _SeedStages(args.pretrained)
-        for k, (name, _, over) in enumerate(variants):
+        stages = _SeedStages(args.pretrained, overrides)
+        selects: dict[str, dict] = {}  # backbone key -> that backbone's numbers on the selection half
+        base_done = False
+        for name, _, over in variants:
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
             stages.prepare(run_dir, seeded)
@@ -380,20 +397,26 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
             print(comparison_table(out.results), flush=True)
             valid = evaluate_stages(out, split, stage="valid")
             epochs = _epochs(run_dir)
-            if k == 0:
+            key = _backbone_key(over)
+            if key not in selects:
+                selects[key] = _select_values(out.backbone, split, seed)
+            if key == _backbone_key(overrides) and not base_done:  # the call's own backbone: its row
+                base_done = True
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 base_res.append(_seed_values(out.results[bb], seed, valid[bb], epochs=base_epochs))
-                base_res[-1]["valid_select"] = _select_values(out.backbone, split, seed)
+                base_res[-1]["valid_select"] = selects[key]
+            elif key != _backbone_key(overrides):
+                own_bb.setdefault(name, []).append(_seed_values(out.results[bb], seed))
             values = _seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs)
             values["valid_select"] = _select_values(out.pad, split, seed)
-            values["backbone_valid_select"] = base_res[-1]["valid_select"]
+            values["backbone_valid_select"] = selects[key]
             if (run_dir / "pad" / "calibration.json").exists():
                 values["calibration"] = json.loads((run_dir / "pad" / "calibration.json").read_text())
             pad_res[name].append(values)
             first.setdefault(name, out)
     protocol = next(iter(first.values())).results[bb].protocol
     new: list[dict] = []
-    if not args.variant:
+    if not args.variant and base_res:  # no row when every preset of the call trained a backbone of its own
         config = _config(bb, args.encoder, None, _backbone_overrides(overrides))
         note = _note(args, _backbone_overrides(overrides), base_res[0].get("epochs", {}))
         new.append(_mean_record(bb, base_res, args.dataset, protocol, note, config))
@@ -410,6 +433,9 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
         )
         rec["metrics"].update(_concordance(run.run_dir))
         rec["metrics"].update(expert_breakdown(run.pad, split))
+        if name in own_bb:  # the preset's backbone.* keys trained a backbone of its own: the row to compare it with
+            metrics, groups = _aggregate(own_bb[name])
+            rec["own_backbone"] = {"seeds": [v["seed"] for v in own_bb[name]], "metrics": metrics, "groups": groups}
         if "text-only" in run.results:  # text_init=pretrain: the text tower alone, before stage 3
             tower = run.results["text-only"]
             rec["metrics"]["text_tower_NDCG@10"] = tower.overall["NDCG@10"]
@@ -433,7 +459,8 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
         ns = new_item_split(ds, share, seed)  # the same held-out items for the backbone and every preset
         full_text, text = new_item_text(ns, args.encoder)
         stages = _SeedStages()  # never --pretrained: that backbone trained on the held-out items
-        for k, (name, _, over) in enumerate(variants):
+        base_done = False
+        for name, _, over in variants:
             run_dir = _run_dir(args.work, args.dataset, bb, name, seed, share)
             seeded = {"backbone.seed": seed, "seed": seed, "progress": False, "backbone.progress": False, **over}
             stages.prepare(run_dir, seeded)
@@ -444,7 +471,8 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
             print(f"{name}, seed {seed}:\n{new_item_table(fresh, share)}", flush=True)
             valid = evaluate_stages(out, ns.train, stage="valid")
             epochs = _epochs(run_dir)
-            if k == 0:
+            if _backbone_key(over) == _backbone_key(overrides) and not base_done:  # the call's own backbone
+                base_done = True
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 per_seed[bb].append(_new_item_values(fresh[bb], seed, len(ns.held), valid[bb], None, base_epochs))
             pad_values = _new_item_values(fresh[f"pad-{bb}"], seed, len(ns.held), valid[f"pad-{bb}"], valid[bb], epochs)
@@ -453,8 +481,8 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     over_of[bb] = (None, _backbone_overrides(overrides))
     new = []
     for name, seeds in per_seed.items():
-        if name == bb and args.variant:  # an ablation's backbone is not the reference one
-            continue
+        if (name == bb and args.variant) or not seeds:  # an ablation's backbone is not the reference one; no
+            continue  # backbone row when every preset trained its own
         preset, over = over_of[name]
         note = _note(args, over, seeds[0]["epochs"]) + (
             f"; new items: {100 * share:g}% of the items held out of training (drawn with each seed), added "

@@ -286,7 +286,9 @@ def pad(
         str | None,
         typer.Option(
             help="Named configuration: paper (the published design), simfrozen (padrec's: title-similarity expert, "
-            "pre-trained experts frozen) or simcal (simfrozen with its gates calibrated on validation users)."
+            "pre-trained experts frozen), simcal (simfrozen with its gates calibrated on validation users), or a "
+            "fidelity preset: the paper's design with one official-code setting (paper-bce, paper-official, "
+            "paper-bins11)."
         ),
     ] = None,
     new_items: Annotated[

@@ -229,6 +229,32 @@ def test_expert_loss_adds_each_experts_own_cross_entropy(pad_run, toy):
     assert all(o.item() > 0 for o in own) and len(own) == 3
 
 
+def test_stage3_trains_with_the_configured_loss_on_the_gated_scores(pad_run, toy):
+    """loss=bce (the official code's) reaches stage 3: BCE of the mixture's score for the target and for uniform
+    negatives, not the cross-entropy over all items."""
+    import torch.nn.functional as F
+
+    split, _ = toy
+    rec = Recommender.load(pad_run.run_dir / "pad")
+    inp, tgt = next(iter(rec.train_loader(split)))
+    rec.net.eval()
+    with torch.no_grad():
+        ce, _ = rec.training_loss((inp, tgt))
+        rec.train_cfg = rec.train_cfg.model_copy(update={"loss": "bce", "n_negatives": 3})
+        torch.manual_seed(7)
+        bce, n = rec.training_loss((inp, tgt))
+        keep = tgt > 0
+        tables = rec.net.tables()
+        mixed = rec.net.mix(rec.net.expert_logits([h[keep] for h in rec.net.hidden(inp, tables)], tables))
+        torch.manual_seed(7)
+        negs = torch.randint(1, split.n_items + 1, (n, 3))
+    pos, neg = mixed.gather(1, tgt[keep][:, None])[:, 0], mixed.gather(1, negs)
+    expected = F.softplus(-pos).mean() + 3 * F.softplus(neg).mean()
+    assert bce.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ce.item() == pytest.approx(F.cross_entropy(mixed[:, 1:], tgt[keep] - 1).item(), rel=1e-5)
+    assert abs(bce.item() - ce.item()) > 0.1
+
+
 def test_only_scores_with_one_expert_and_restores_the_gates(pad_run, toy):
     split, _ = toy
     rec = Recommender.load(pad_run.run_dir / "pad")
@@ -643,6 +669,30 @@ def test_bench_shares_the_align_stage_only_between_configurations_it_cannot_tell
     assert bench._align_key({**paper, "experts": ["collab", "text"]}) is None  # no aligned expert: no align stage
 
 
+def test_bench_gives_a_preset_that_changes_the_backbone_a_backbone_of_its_own(bench, tmp_path):
+    """--pretrained is the call's backbone: a preset with backbone.* keys (paper-official) must not be handed it,
+    but trains its own once per seed and hands that on to presets of the same backbone keys."""
+    from padrec.pad.pipeline import with_preset
+
+    pretrained = tmp_path / "given" / "pretrain"
+    pretrained.mkdir(parents=True)
+    (pretrained / "model.pt").write_text("given")
+    call = {"backbone.max_len": 50}
+    stages = bench._SeedStages(pretrained, call)
+    seeded = {"backbone.seed": 1, "seed": 1, "backbone.progress": False}
+    stages.prepare(tmp_path / "paper", {**seeded, **with_preset("paper", call)})
+    assert (tmp_path / "paper" / "pretrain" / "model.pt").read_text() == "given"
+    official = {**seeded, **with_preset("paper-official", {})}
+    stages.prepare(tmp_path / "official", official)
+    assert not (tmp_path / "official" / "pretrain").exists()  # trains its own
+    (tmp_path / "official" / "pretrain").mkdir(parents=True)
+    (tmp_path / "official" / "pretrain" / "model.pt").write_text("official")
+    stages.finished(tmp_path / "official", official)
+    stages.prepare(tmp_path / "official-bins", {**official, "lam": 0.5})  # its own align and stage 3
+    assert (tmp_path / "official-bins" / "pretrain" / "model.pt").read_text() == "official"
+    assert bench._backbone_key({**call, "backbone.seed": 3}) == bench._backbone_key(call)
+
+
 def test_bench_refuses_a_run_directory_made_with_other_settings(bench, tmp_path):
     """Finished stages are reused as they are: a run directory of other settings must not pass for this call's."""
     import json
@@ -668,10 +718,15 @@ def test_presets_name_whole_configurations_and_none_means_the_chosen_default():
     assert DEFAULT_PRESET in PRESETS and PRESETS["paper"] == {}  # the published design is PADConfig's defaults
     assert with_preset(None, {"lam": 0.5}) == {**PRESETS[DEFAULT_PRESET], "lam": 0.5}
     assert with_preset("simcal", {"freeze": ["collab"]})["freeze"] == ["collab"]  # explicit keys win
+    from padrec.pad.pipeline import _pad_configs, _split_overrides
+
     for name, keys in PRESETS.items():
-        PADConfig(**keys)  # every preset is a valid configuration
-        assert set(keys) <= set(PADConfig.model_fields), name
-    with pytest.raises(ValueError, match="unknown PAD preset 'papr': known presets are paper, simfrozen, simcal"):
+        _, pad = _split_overrides(keys)
+        params, _ = _pad_configs(pad)  # every preset is a valid configuration (a bad key or value raises)
+        PADConfig(**params)
+        assert name == "paper" or name.startswith("paper-") or set(keys) <= set(PADConfig.model_fields), name
+    with pytest.raises(ValueError, match="unknown PAD preset 'papr': known presets are paper, simfrozen, simcal, "
+                       "paper-bce"):  # fmt: skip
         with_preset("papr", {})
 
 

@@ -59,6 +59,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     # simfrozen, then each gate bin's share of the mixture calibrated on half of the validation users so that
     # cold items do not lose to the backbone there (padrec.pad.calibrate)
     "simcal": {"experts": ["collab", "aligned", "similarity"], "freeze": ["collab", "aligned"], "calibrate": True},
+    # fidelity presets: the paper's design with one setting of its official code each (bench/bench_pad.py's study;
+    # the text encoder is the other switch: --encoder smollm2 / gemma3-270m). Keys given explicitly still win, so
+    # leave backbone.* keys off the command line with the first two.
+    # BCE with one uniform negative in every stage (backbone, align, stage 3) instead of CE over all items
+    "paper-bce": {"backbone.loss": "bce", "loss": "bce"},
+    # the official SASRec sizes: d=128, 5 blocks, 2 heads, max length 20, dropout 0.1
+    "paper-official": {
+        "backbone.d": 128,
+        "backbone.n_layers": 5,
+        "backbone.n_heads": 2,
+        "backbone.max_len": 20,
+        "backbone.dropout": 0.1,
+    },
+    # the official code's 11 popularity bins (gates per bin) instead of 10
+    "paper-bins11": {"n_bins": 11},
 }
 
 
