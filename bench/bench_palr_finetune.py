@@ -207,7 +207,8 @@ def main() -> None:
             )
             layers = f" in the top {cfg.lora_layers} layers" if cfg.lora_layers else ""
             negs = "co-occurrence + random" if cfg.train_negatives == "cooccurrence" else "the retriever's top items"
-            negs += ", in its order (users whose next item it missed left out)" if cfg.train_order == "retriever" else ""
+            if cfg.train_order == "retriever":
+                negs += ", in its order (users whose next item it missed left out)"
             users = f"{cfg.user_fraction:.0%} of users, " if cfg.user_fraction != 0.2 else ""
             tune = (
                 f"; training negatives: {negs}; LoRA r={cfg.lora_r}{layers} on {','.join(cfg.tasks)} "

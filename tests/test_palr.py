@@ -302,7 +302,7 @@ def test_ordered_retriever_candidates_keep_its_order_and_leave_out_missed_users(
         else:  # it did not: no ranking example for this user
             assert mine == []
     assert 0 < offered == len(ranked) < len(ordered) - len(ranked)  # some users left out, none made up
-    with pytest.raises(ValueError, match="train_order=retriever .* needs train_negatives=retriever"):
+    with pytest.raises(ValueError, match=r"train_order=retriever .* needs train_negatives=retriever"):
         PALRConfig(mode="verbalizer", train_order="retriever")
 
 

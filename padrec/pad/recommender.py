@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from padrec.data.split import Split
 from padrec.models.base import Recommender, evaluating, get_model_class, register
-from padrec.models.losses import rec_loss, sampled_loss, sample_negatives
+from padrec.models.losses import rec_loss, sample_negatives, sampled_loss
 from padrec.models.sequential import SeqNet, SequentialRecommender, query_seqs
 from padrec.pad.losses import DEFAULT_ALPHAS, Kernel, alignment_loss
 from padrec.pad.model import ALL_EXPERTS, EXPERTS, AlignedNet, CollabNet, PADNet, SimilarityNet, TextNet
