@@ -4,7 +4,7 @@
 # bench/results/*.json, so the script can be killed and started again at any point.
 #
 #   bash bench/reproduce.sh                 # all groups, in this order
-#   bash bench/reproduce.sh backbones pad   # only some groups: backbones pad palr speed
+#   bash bench/reproduce.sh backbones pad   # only some groups: backbones pad study palr speed
 #
 # Training uses the GPU when torch sees one (accelerator=auto). Records name the device.
 set -euo pipefail
@@ -14,7 +14,7 @@ export PADREC_DATA=${PADREC_DATA:-$(cd .. && pwd)/shared/datasets}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 RUNS=bench/.work/runs
 groups=("$@")
-[ ${#groups[@]} -eq 0 ] && groups=(backbones pad palr speed)
+[ ${#groups[@]} -eq 0 ] && groups=(backbones pad study palr speed)
 
 step() { echo "== $(date +%H:%M:%S) $*" >&2; "$PY" "$@"; }
 
@@ -59,13 +59,42 @@ for g in "${groups[@]}"; do
         step bench/bench_pad.py --dataset "$ds" --backbone sasrec --variant mpnet --encoder mpnet --seeds 0 1 2 \
           --pretrained "$RUNS/$ds/sasrec" text_init=pretrain length_buckets=true patience=5
       done ;;
-    palr)  # issue 6: zero-shot, v1, v2 (+ upper bounds) next to the SASRec retriever
+    study)  # issue 20: the PAD default and the fidelity study, 3 seeds on seed 0's backbone (--pretrained)
+      STUDY=bench/.work/pad
       for ds in ml-1m amazon-beauty; do
-        step bench/bench_palr_finetune.py --dataset "$ds" --retriever "$RUNS/$ds/sasrec" --users 40 --gen-users 5 --steps 30
+        extra=(backbone.max_len=50 patience=5); [ "$ds" = amazon-beauty ] && extra=(length_buckets=true patience=5 max_epochs=60)
+        # seed 0 trains the backbone that seeds 1-2 reuse
+        step bench/bench_pad.py --dataset "$ds" --seeds 0 --presets paper simfrozen simcal -- "${extra[@]}"
+        step bench/bench_pad.py --dataset "$ds" --seeds 1 2 --presets paper simfrozen simcal --add-seeds \
+          --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- "${extra[@]}"
+        step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --presets paper-bins11 paper-bce \
+          --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- "${extra[@]}"   # paper-bce trains its own backbone
+        official=(); for o in "${extra[@]}"; do [[ $o == backbone.max_len=* ]] || official+=("$o"); done
+        step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --presets paper-official -- "${official[@]}"  # its max_len 20
+        for enc in smollm2 gemma3-270m; do
+          step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --variant "$enc" --encoder "$enc" \
+            --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- "${extra[@]}"
+        done
+        for lam in 0.05 1.0; do
+          step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --variant "lam$lam" \
+            --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- lam=$lam "${extra[@]}"
+        done
+        # new items: a seeded 5% of the items held out of training, added from text (own backbone per seed)
+        step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --new-items 0.05 --presets paper simfrozen simcal \
+          -- "${extra[@]}"
+      done
+      step bench/bench_pad.py --choose-default ;;
+    palr)  # issue 19: v2 on 1,000 seeded test users, with its fusion and upper-bound rows, next to the retriever
+      STUDY=bench/.work/pad
+      for ds in ml-1m amazon-beauty; do
+        step bench/bench_palr_finetune.py --dataset "$ds" --retriever "$STUDY/$ds/sasrec-seed0/pretrain" \
+          --users 1000 --gen-users 200 --steps 300 --select-every 100 --select-users 100 \
+          --train-negatives retriever --train-order retriever --user-fraction 0.5 --tag ordered \
+          --run-dir "bench/.work/palr-ft/$ds-ordered"
       done ;;
     speed)  # issue 3: SASRec speed and memory next to RecBole (installs RecBole in its own venv)
       step bench/bench_recbole.py --dataset ml-100k --epochs 200 --patience 20 --recbole-epochs 3
       step bench/bench_recbole.py --dataset amazon-beauty --epochs 20 --recbole-epochs 4 --padrec-batch-size 44 ;;
-    *) echo "unknown group $g (backbones pad palr speed)" >&2; exit 2 ;;
+    *) echo "unknown group $g (backbones pad study palr speed)" >&2; exit 2 ;;
   esac
 done
