@@ -670,6 +670,13 @@ def main(argv: list[str] | None = None) -> None:
         help="add these seeds to the stored records of the same settings (seeds run as separate processes)",
     )
     ap.add_argument("--serving-only", action="store_true", help="re-time serving of the first seed's finished run")
+    ap.add_argument(
+        "--merge-from",
+        type=Path,
+        metavar="DIR",
+        help="merge the records of DIR/pad.json (a study run with --results DIR) into --results, replacing stored "
+        "records of the same dataset and model (no training)",
+    )
     ap.add_argument("--plot-only", action="store_true", help="redraw results/pad_<dataset>.png from pad.json only")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -679,6 +686,14 @@ def main(argv: list[str] | None = None) -> None:
         if not path.exists():
             raise SystemExit(f"cannot choose the PAD default: {path} does not exist")
         print(choice_table(choose_default(json.loads(path.read_text())["records"], args.backbone)))
+        return
+    if args.merge_from:
+        path = args.merge_from / "pad.json"
+        if not path.exists():
+            raise SystemExit(f"cannot merge: {path} does not exist")
+        records = json.loads(path.read_text())["records"]
+        _merge(records, args.results, replace=True)
+        print(f"merged {len(records)} records from {path} into {args.results / 'pad.json'}")
         return
     if args.plot_only:
         records = json.loads((args.results / "pad.json").read_text())["records"]

@@ -210,11 +210,12 @@ def main() -> None:
             if cfg.train_order == "retriever":
                 negs += ", in its order (users whose next item it missed left out)"
             users = f"{cfg.user_fraction:.0%} of users, " if cfg.user_fraction != 0.2 else ""
+            resumed = " (resumed after a kill: the last process's time only)" if ft.get("resumed") else ""
             tune = (
                 f"; training negatives: {negs}; LoRA r={cfg.lora_r}{layers} on {','.join(cfg.tasks)} "
                 f"({users}{ft['examples']} examples, {cfg.precision}):"
                 f" {ft['steps']} steps x batch {cfg.batch_size}, lr {cfg.lr}, loss {ft['first_loss']:.3f} -> "
-                f"{ft['last_loss']:.3f}, {ft['seconds']:.0f}s{chosen}"
+                f"{ft['last_loss']:.3f}, {ft['seconds']:.0f}s{resumed}{chosen}"
             )
         for r in (palr, *fused):
             r["note"] = f"{r['note']}{tune}; {cpu}"

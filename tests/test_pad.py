@@ -659,6 +659,25 @@ def test_added_seeds_keep_what_the_later_runs_note_says(bench):
         bench._add_seeds(out, later)
 
 
+def test_merge_from_replaces_stored_records_with_a_study_folders(bench, tmp_path):
+    import json
+
+    config = {"preset": "paper", "overrides": {}}
+
+    def record(seeds: list[int], ndcg: float) -> dict:
+        values = [{"seed": s, "HR@10": 0.2, "NDCG@10": ndcg, "groups": {}} for s in seeds]
+        return bench._mean_record("pad-sasrec", values, "ml-1m", "full-loo", "", config)
+
+    results, study = tmp_path / "results", tmp_path / "study"
+    bench._merge([record([0, 1], 0.10)], results)
+    bench._merge([record([0, 1, 2], 0.12)], study)
+    bench.main(["--merge-from", str(study), "--results", str(results)])
+    (stored,) = json.loads((results / "pad.json").read_text())["records"]
+    assert stored["seeds"] == [0, 1, 2] and stored["metrics"]["NDCG@10"] == pytest.approx(0.12)
+    with pytest.raises(SystemExit, match=r"cannot merge: .*nowhere/pad.json does not exist"):
+        bench.main(["--merge-from", str(tmp_path / "nowhere"), "--results", str(results)])
+
+
 def test_bench_shares_the_align_stage_only_between_configurations_it_cannot_tell_apart(bench):
     """Stage-3 keys (experts, freeze, gates...) leave the align stage as it is; any other key retrains it."""
     paper = {"seed": 0, "patience": 5}
