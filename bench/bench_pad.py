@@ -623,21 +623,21 @@ def choice_table(choice: dict[str, Any]) -> str:
     """The table ``--choose-default`` prints, and its verdict."""
     lines = [
         "PAD default chosen on validation users (leave-one-out validation item, full ranking, history masked)",
-        f"{'preset':>10s}  {'dataset':>14s}  {'seeds':>7s}  {'backbone':>8s}  {'PAD':>8s}  {'change':>7s}  "
+        f"{'preset':>14s}  {'dataset':>14s}  {'seeds':>7s}  {'backbone':>8s}  {'PAD':>8s}  {'change':>7s}  "
         f"{'bb cold':>8s}  {'PAD cold':>8s}  {'cold chg':>8s}",
     ]
     for preset, row in choice["presets"].items():
         for d, v in row["datasets"].items():
             seeds = ",".join(map(str, v["seeds"]))
             lines.append(
-                f"{preset:>10s}  {d:>14s}  {seeds:>7s}  {v['backbone']:8.4f}  {v['pad']:8.4f}  "
+                f"{preset:>14s}  {d:>14s}  {seeds:>7s}  {v['backbone']:8.4f}  {v['pad']:8.4f}  "
                 f"{100 * v['rel']:+6.1f}%  {v['backbone_cold']:8.4f}  {v['pad_cold']:8.4f}  "
                 f"{100 * v['rel_cold']:+7.1f}%"
             )
         verdict = "eligible" if row["eligible"] else "not eligible: loses on cold items"
-        lines.append(f"{preset:>10s}  mean change of valid NDCG@10 {100 * row['score']:+.1f}% ({verdict})")
+        lines.append(f"{preset:>14s}  mean change of valid NDCG@10 {100 * row['score']:+.1f}% ({verdict})")
     for preset, why in choice["skipped"].items():
-        lines.append(f"{preset:>10s}  not compared: {why}")
+        lines.append(f"{preset:>14s}  not compared: {why}")
     lines.append(f"rule: {choice['rule']}")
     winner = choice["winner"]
     lines.append(f"winner: {winner}" if winner else "winner: none (no preset qualifies; keep the current default)")
