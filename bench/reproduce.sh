@@ -65,7 +65,8 @@ for g in "${groups[@]}"; do
         extra=(backbone.max_len=50 patience=5); [ "$ds" = amazon-beauty ] && extra=(length_buckets=true patience=5 max_epochs=60)
         # seed 0 trains the backbone that seeds 1-2 reuse
         step bench/bench_pad.py --dataset "$ds" --seeds 0 --presets paper simfrozen simcal -- "${extra[@]}"
-        step bench/bench_pad.py --dataset "$ds" --seeds 1 2 --presets paper simfrozen simcal --add-seeds \
+        # (seed 0's finished stages are reused; the 3-seed records replace the 1-seed ones)
+        step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --presets paper simfrozen simcal \
           --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- "${extra[@]}"
         step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --presets paper-bins11 paper-bce \
           --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- "${extra[@]}"   # paper-bce trains its own backbone
