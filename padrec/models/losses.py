@@ -69,3 +69,24 @@ def rec_loss(
     negs = sample_negatives(n_rows, (hidden.size(0), n_negatives), generator, hidden.device)
     # an unknown kind raises in sampled_loss
     return sampled_loss(pos, torch.einsum("nd,nkd->nk", hidden, items[negs]), kind)
+
+
+def logits_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    kind: LossKind = "ce",
+    n_negatives: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean loss from scores against every item, ``logits [N, n_rows]`` (column 0 padding, never a candidate):
+    for models whose scores are not one hidden state times an item table (PAD's gated mixture). The sampled kinds
+    read the columns of uniform negatives drawn as :func:`rec_loss` draws them."""
+    if kind == "ce":
+        return F.cross_entropy(logits[:, 1:], targets - 1)
+    n_rows = logits.size(1)
+    pos = logits.gather(1, targets[:, None]).squeeze(1)
+    if kind == "sampled_softmax":
+        negs = sample_negatives(n_rows, (n_negatives,), generator, logits.device)
+        return sampled_loss(pos, logits[:, negs], kind, negs[None, :] == targets[:, None])
+    negs = sample_negatives(n_rows, (logits.size(0), n_negatives), generator, logits.device)
+    return sampled_loss(pos, logits.gather(1, negs), kind)

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.nn import functional as F
 
 from padrec.data.split import Split
 from padrec.models.base import Recommender, evaluating, get_model_class, register
-from padrec.models.losses import rec_loss, sample_negatives, sampled_loss
+from padrec.models.losses import logits_loss, rec_loss
 from padrec.models.sequential import SeqNet, SequentialRecommender, query_seqs
 from padrec.pad.losses import DEFAULT_ALPHAS, Kernel, alignment_loss
 from padrec.pad.model import ALL_EXPERTS, EXPERTS, AlignedNet, CollabNet, PADNet, SimilarityNet, TextNet
@@ -319,12 +318,12 @@ class PAD(_PADStage):
         parts = net.expert_logits(hidden, tables)
         target = tgt[keep]
         cfg = self.train_cfg
-        loss = _mixture_loss(net.mix(parts), target, cfg.loss, cfg.n_negatives)
+        loss = logits_loss(net.mix(parts), target, cfg.loss, cfg.n_negatives)
         if self.params.expert_loss > 0:
             # each expert must also rank well on its own: otherwise a fresh expert (text) only learns a
             # residual on top of the pre-trained one and is useless exactly where its gate is large
             loss = loss + self.params.expert_loss * sum(
-                _mixture_loss(p, target, cfg.loss, cfg.n_negatives) for p in parts
+                logits_loss(p, target, cfg.loss, cfg.n_negatives) for p in parts
             )
         return loss, int(keep.sum())
 
@@ -404,24 +403,6 @@ class PAD(_PADStage):
         with evaluating(self.net):
             out = self.net.score(self.query(histories))
         return out.float()
-
-
-def _ce_without_padding(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over all items; column 0 (padding) is never a candidate (targets are ≥ 1)."""
-    return F.cross_entropy(logits[:, 1:], target - 1)
-
-
-def _mixture_loss(logits: torch.Tensor, target: torch.Tensor, kind: str, n_negatives: int) -> torch.Tensor:
-    """Stage 3's loss on the gated scores ``[N, n_items + 1]``, the same ``loss`` as the other stages: CE over all
-    items, or (fidelity runs: the official code trains with BCE) the sampled losses on uniform negatives' columns."""
-    if kind == "ce":
-        return _ce_without_padding(logits, target)
-    pos = logits.gather(1, target[:, None]).squeeze(1)
-    if kind == "sampled_softmax":  # negatives shared across the batch, as in rec_loss
-        negs = sample_negatives(logits.size(1), (n_negatives,), device=logits.device)
-        return sampled_loss(pos, logits[:, negs], kind, negs[None, :] == target[:, None])
-    negs = sample_negatives(logits.size(1), (len(target), n_negatives), device=logits.device)
-    return sampled_loss(pos, logits.gather(1, negs), kind)
 
 
 def _copy_module(m: nn.Module) -> nn.Module:
