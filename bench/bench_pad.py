@@ -384,6 +384,7 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     first: dict[str, Any] = {}  # name -> the first seed's run
     bb = args.backbone
     own_bb: dict[str, list[dict]] = {}  # presets with a backbone of their own: its per-seed test numbers
+    call_key = _backbone_key(overrides)  # the call's own backbone (the --pretrained one, the backbone row)
     for seed in args.seeds:
         stages = _SeedStages(args.pretrained, overrides)
         selects: dict[str, dict] = {}  # backbone key -> that backbone's numbers on the selection half
@@ -400,12 +401,12 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
             key = _backbone_key(over)
             if key not in selects:
                 selects[key] = _select_values(out.backbone, split, seed)
-            if key == _backbone_key(overrides) and not base_done:  # the call's own backbone: its row
+            if key == call_key and not base_done:  # the call's own backbone: its row
                 base_done = True
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 base_res.append(_seed_values(out.results[bb], seed, valid[bb], epochs=base_epochs))
                 base_res[-1]["valid_select"] = selects[key]
-            elif key != _backbone_key(overrides):
+            elif key != call_key:
                 own_bb.setdefault(name, []).append(_seed_values(out.results[bb], seed))
             values = _seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs)
             values["valid_select"] = _select_values(out.pad, split, seed)
@@ -455,6 +456,7 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
     variants = _variants(args.backbone, args.presets, args.variant, overrides)
     bb, share = args.backbone, args.new_items
     per_seed: dict[str, list[dict]] = {bb: [], **{name: [] for name, _, _ in variants}}
+    call_key = _backbone_key(overrides)
     for seed in args.seeds:
         ns = new_item_split(ds, share, seed)  # the same held-out items for the backbone and every preset
         full_text, text = new_item_text(ns, args.encoder)
@@ -471,7 +473,7 @@ def new_item_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
             print(f"{name}, seed {seed}:\n{new_item_table(fresh, share)}", flush=True)
             valid = evaluate_stages(out, ns.train, stage="valid")
             epochs = _epochs(run_dir)
-            if _backbone_key(over) == _backbone_key(overrides) and not base_done:  # the call's own backbone
+            if _backbone_key(over) == call_key and not base_done:  # the call's own backbone
                 base_done = True
                 base_epochs = {s: v for s, v in epochs.items() if s == "pretrain"}
                 per_seed[bb].append(_new_item_values(fresh[bb], seed, len(ns.held), valid[bb], None, base_epochs))
