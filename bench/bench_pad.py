@@ -214,11 +214,22 @@ def _add_seeds(stored: dict, new: dict) -> dict:
     out["per_seed"] = sorted(_stored_seeds(stored) + new["per_seed"], key=lambda s: s["seed"])
     out.update(config=new["config"], date=new["date"])
     out["commit"] = f"{stored['commit']}+{new['commit']}"
+    if "own_backbone" in new:  # a preset with a backbone of its own: that backbone's seeds are added as well
+        had = stored.get("own_backbone", {}).get("per_seed", [])
+        out["own_backbone"] = _own_backbone(had + new["own_backbone"]["per_seed"])
     # what the later run's note says that the stored one does not (its own --note, its stages' epochs) is kept
     extra = [part for part in new["note"].split("; ") if part and part not in stored["note"]]
     said = f": {'; '.join(extra)}" if extra else ""
     out["note"] = f"{stored['note']}; seeds {new['seeds']} added by a later run (commit {new['commit']}){said}"
     return _finish(out)
+
+
+def _own_backbone(per_seed: list[dict]) -> dict:
+    """The ``own_backbone`` entry of a preset that trains a backbone of its own: its per-seed test numbers and their
+    mean ± std (kept per seed so that ``--add-seeds`` can add to it)."""
+    per_seed = sorted(per_seed, key=lambda s: s["seed"])
+    metrics, groups = _aggregate(per_seed)
+    return {"seeds": [s["seed"] for s in per_seed], "per_seed": per_seed, "metrics": metrics, "groups": groups}
 
 
 def serving_cost(backbone, pad, split, batch: int = 256, repeats: int = 9) -> dict:
@@ -435,8 +446,7 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
         rec["metrics"].update(_concordance(run.run_dir))
         rec["metrics"].update(expert_breakdown(run.pad, split))
         if name in own_bb:  # the preset's backbone.* keys trained a backbone of its own: the row to compare it with
-            metrics, groups = _aggregate(own_bb[name])
-            rec["own_backbone"] = {"seeds": [v["seed"] for v in own_bb[name]], "metrics": metrics, "groups": groups}
+            rec["own_backbone"] = _own_backbone(own_bb[name])
         if "text-only" in run.results:  # text_init=pretrain: the text tower alone, before stage 3
             tower = run.results["text-only"]
             rec["metrics"]["text_tower_NDCG@10"] = tower.overall["NDCG@10"]

@@ -19,7 +19,6 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: list, statistics, d
 app.add_typer(data_app, name="data")
 
 
-
 @data_app.command("list")
 def data_list() -> None:
     """Named datasets padrec knows."""

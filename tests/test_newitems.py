@@ -31,9 +31,7 @@ def test_held_out_items_leave_no_trace_in_training(ml100k):
     assert set(ns.targets) <= held and not any(held & set(h) for h in ns.histories)
     # exactly the users whose last item is held out (and who had 3+ interactions, one of them not held out)
     expected = [
-        str(ml100k.user_ids[u])
-        for u in range(ml100k.n_users)
-        if str(ml100k.item_ids[ml100k.sequence(u)[-1]]) in held
+        str(ml100k.user_ids[u]) for u in range(ml100k.n_users) if str(ml100k.item_ids[ml100k.sequence(u)[-1]]) in held
     ]
     assert ns.users == expected
     again = new_item_split(ml100k, share=0.1, seed=2)

@@ -659,6 +659,27 @@ def test_added_seeds_keep_what_the_later_runs_note_says(bench):
         bench._add_seeds(out, later)
 
 
+def test_added_seeds_add_to_a_presets_own_backbone_row(bench):
+    config = {"preset": "paper-bce", "overrides": {"backbone.loss": "bce", "loss": "bce"}}
+
+    def record(seed: int, pad: float, own: float) -> dict:
+        rec = bench._mean_record(
+            "pad-sasrec-paper-bce",
+            [{"seed": seed, "HR@10": 0.2, "NDCG@10": pad, "groups": {}}],
+            "ml-1m",
+            "full-loo",
+            "",
+            config,
+        )
+        rec["own_backbone"] = bench._own_backbone([{"seed": seed, "HR@10": 0.2, "NDCG@10": own, "groups": {}}])
+        return rec
+
+    out = bench._add_seeds(record(0, 0.12, 0.10), record(1, 0.14, 0.08))
+    assert out["own_backbone"]["seeds"] == [0, 1] and [s["seed"] for s in out["own_backbone"]["per_seed"]] == [0, 1]
+    assert out["own_backbone"]["metrics"]["NDCG@10"] == pytest.approx(0.09)
+    assert out["metrics"]["NDCG@10"] == pytest.approx(0.13)
+
+
 def test_merge_from_replaces_stored_records_with_a_study_folders(bench, tmp_path):
     import json
 

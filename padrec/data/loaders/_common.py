@@ -383,7 +383,7 @@ def fast_header(path: Path, sep: str | None = None) -> tuple[list[str], str | No
     if not line.strip() or '"' in line or not first.endswith(b"\n"):
         return None
     sep = sep or sniff_sep(path, line)
-    if len(sep) != 1 or sep in "\r\n\"":
+    if len(sep) != 1 or sep in '\r\n"':
         return None
     names = [h.strip() for h in line.split(sep)]
     if any(not n for n in names) or len(set(names)) != len(names):
