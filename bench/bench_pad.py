@@ -895,6 +895,7 @@ def _markdown(records: list[dict]) -> str:
                 )
             lines.append(f"- {who} each expert alone, test NDCG@10 (seed {r['seeds'][0]}): {parts}")
     lines += _valid_markdown(records)
+    lines += _change_markdown(records)
     lines += _new_items_markdown(records)
     lines.append("\nServing cost:")
     for r in records:
@@ -949,6 +950,55 @@ def _valid_markdown(records: list[dict]) -> list[str]:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {_preset_of(r)} | {len(r['seeds'])} | {_pm(v, 'HR@10')} | "
             f"{_pm(v, 'NDCG@10')} | {_pm(g.get('cold', {}), 'NDCG@10')} | {_pm(g.get('warm', {}), 'NDCG@10')} |"
+        )
+    return lines
+
+
+def _pct(pad: float | None, base: float | None) -> str:
+    return f"{100 * (pad / base - 1):+.1f}%" if pad is not None and base else "–"
+
+
+#: training-budget settings the change table leaves out of its "extra settings" column
+_BUDGET_KEYS = frozenset({"patience", "max_epochs", "length_buckets", "progress", "backbone.progress"})
+
+
+def _change_markdown(records: list[dict]) -> list[str]:
+    """pad.md's change table: every PAD record against the backbone it was built on, on validation users (paired
+    per seed through ``backbone_valid``/``backbone_valid_select``) and on test users (its own backbone's row when
+    its preset trained one, else the dataset's backbone record). This is the fidelity study at a glance."""
+    acc = {(r["dataset"], r["model"]): r for r in records if r["task"] == "accuracy"}
+    rows = [r for r in acc.values() if r["model"].startswith("pad-") and r.get("per_seed")]
+    if not rows:
+        return []
+    lines = [
+        "\nChange of NDCG@10 over the backbone each PAD row was built on (cold = bins 8-10 + unseen); validation: "
+        "the selection half of the validation users where stored, else every validation user, paired per seed:\n",
+        "| dataset | model | preset | encoder | extra settings | seeds | valid overall | valid cold | test overall "
+        "| test cold |",
+        "|---" * 10 + "|",
+    ]
+    for r in rows:
+        seeds = r["per_seed"]
+        key = "valid_select" if all("backbone_valid_select" in s for s in seeds) else "valid"
+
+        def mean(k: str, cold: bool, seeds: list[dict] = seeds) -> float | None:
+            vals = [((s.get(k) or {}).get("groups", {}).get("cold", {}) if cold else s.get(k) or {}) for s in seeds]
+            got = [v.get("NDCG@10") for v in vals]
+            return None if None in got else float(np.mean(got))
+
+        config = r.get("config") or {}
+        base = r.get("own_backbone") or acc.get((r["dataset"], config.get("backbone", r["model"].split("-")[1])))
+        base_m, base_g = (base or {}).get("metrics", {}), (base or {}).get("groups", {})
+        preset = _preset_of(r)
+        over = config.get("overrides") or {}
+        extra = {k: v for k, v in over.items() if k not in PRESETS.get(preset, {}) and k not in _BUDGET_KEYS}
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {preset} | {config.get('encoder', '–')} | "
+            f"{' '.join(f'{k}={v}' for k, v in extra.items()) or '–'} | {len(r['seeds'])} | "
+            f"{_pct(mean(key, False), mean(f'backbone_{key}', False))} | "
+            f"{_pct(mean(key, True), mean(f'backbone_{key}', True))} | "
+            f"{_pct(r['metrics'].get('NDCG@10'), base_m.get('NDCG@10'))} | "
+            f"{_pct(r['groups'].get('cold', {}).get('NDCG@10'), base_g.get('cold', {}).get('NDCG@10'))} |"
         )
     return lines
 

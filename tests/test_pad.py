@@ -680,6 +680,34 @@ def test_added_seeds_add_to_a_presets_own_backbone_row(bench):
     assert out["metrics"]["NDCG@10"] == pytest.approx(0.13)
 
 
+def test_change_table_pairs_each_pad_row_with_the_backbone_it_was_built_on(bench):
+    def seed(s: int, pad: float, base: float) -> dict:
+        valid = {"NDCG@10": pad, "groups": {"cold": {"NDCG@10": pad / 2}}}
+        base_valid = {"NDCG@10": base, "groups": {"cold": {"NDCG@10": base / 4}}}
+        test = {"HR@10": 0.2, "NDCG@10": pad, "groups": {"cold": {"HR@10": 0.1, "NDCG@10": pad / 2}}}
+        return {"seed": s, **test, "valid": valid, "backbone_valid": base_valid}
+
+    backbone = bench._mean_record(
+        "sasrec", [{"seed": 0, "HR@10": 0.2, "NDCG@10": 0.10, "groups": {"cold": {"HR@10": 0.1, "NDCG@10": 0.05}}}],
+        "ml-1m", "full-loo", "", {"backbone": "sasrec", "overrides": {}},
+    )  # fmt: skip
+    lam = bench._mean_record(
+        "pad-sasrec-lam1.0", [seed(0, 0.11, 0.10), seed(1, 0.13, 0.10)], "ml-1m", "full-loo", "",
+        {"backbone": "sasrec", "encoder": "minilm", "preset": None, "overrides": {"lam": 1.0, "patience": 5}},
+    )  # fmt: skip
+    bce = bench._mean_record(
+        "pad-sasrec-paper-bce", [seed(0, 0.09, 0.08)], "ml-1m", "full-loo", "",
+        {"backbone": "sasrec", "encoder": "minilm", "preset": "paper-bce", "overrides": {"loss": "bce"}},
+    )  # fmt: skip
+    bce["own_backbone"] = bench._own_backbone([{"seed": 0, "HR@10": 0.1, "NDCG@10": 0.06, "groups": {}}])
+    lines = bench._change_markdown([backbone, lam, bce])
+    # valid: 0.12 vs 0.10 paired over the seeds (+20%), cold 0.06 vs 0.025 (+140%); test: 0.12 vs the
+    # backbone record's 0.10 (+20%), cold 0.06 vs 0.05 (+20%)
+    assert "| ml-1m | pad-sasrec-lam1.0 | – | minilm | lam=1.0 | 2 | +20.0% | +140.0% | +20.0% | +20.0% |" in lines
+    # a preset with its own backbone is compared with that backbone (0.09 vs 0.06), not the dataset's row
+    assert "| ml-1m | pad-sasrec-paper-bce | paper-bce | minilm | – | 1 | +12.5% | +125.0% | +50.0% | – |" in lines
+
+
 def test_merge_from_replaces_stored_records_with_a_study_folders(bench, tmp_path):
     import json
 
