@@ -116,6 +116,11 @@ def _seed_values(result, seed: int, valid=None, backbone_valid=None, epochs: dic
     return out
 
 
+def _test_values(result) -> dict:
+    """Test HR/NDCG@10 overall and on cold items: a PAD seed keeps its own backbone's, to be compared pairwise."""
+    return {**_hr_ndcg(result.overall), "groups": {"cold": _hr_ndcg(result.groups.get("cold", {}))}}
+
+
 def _agg(dicts: list[dict]) -> dict:
     out = {}
     for m in ("HR@10", "NDCG@10"):
@@ -420,6 +425,7 @@ def accuracy_records(args: argparse.Namespace, overrides: dict) -> list[dict]:
             elif key != call_key:
                 own_bb.setdefault(name, []).append(_seed_values(out.results[bb], seed))
             values = _seed_values(out.results[f"pad-{bb}"], seed, valid[f"pad-{bb}"], valid[bb], epochs)
+            values["backbone_test"] = _test_values(out.results[bb])  # the test numbers of the backbone it was built on
             values["valid_select"] = _select_values(out.pad, split, seed)
             values["backbone_valid_select"] = selects[key]
             if (run_dir / "pad" / "calibration.json").exists():
@@ -964,8 +970,9 @@ _BUDGET_KEYS = frozenset({"patience", "max_epochs", "length_buckets", "progress"
 
 def _change_markdown(records: list[dict]) -> list[str]:
     """pad.md's change table: every PAD record against the backbone it was built on, on validation users (paired
-    per seed through ``backbone_valid``/``backbone_valid_select``) and on test users (its own backbone's row when
-    its preset trained one, else the dataset's backbone record). This is the fidelity study at a glance."""
+    per seed through ``backbone_valid``/``backbone_valid_select``) and on test users (paired per seed through
+    ``backbone_test``; older records: its own backbone's row when its preset trained one, else the dataset's
+    backbone record). This is the fidelity study at a glance."""
     acc = {(r["dataset"], r["model"]): r for r in records if r["task"] == "accuracy"}
     rows = [r for r in acc.values() if r["model"].startswith("pad-") and r.get("per_seed")]
     if not rows:
@@ -987,8 +994,12 @@ def _change_markdown(records: list[dict]) -> list[str]:
             return None if None in got else float(np.mean(got))
 
         config = r.get("config") or {}
-        base = r.get("own_backbone") or acc.get((r["dataset"], config.get("backbone", r["model"].split("-")[1])))
-        base_m, base_g = (base or {}).get("metrics", {}), (base or {}).get("groups", {})
+        if all("backbone_test" in s for s in seeds):  # paired per seed with the very backbone it was built on
+            base_m = {"NDCG@10": mean("backbone_test", False)}
+            base_g = {"cold": {"NDCG@10": mean("backbone_test", True)}}
+        else:  # older records: its own backbone's row, or the dataset's backbone record
+            base = r.get("own_backbone") or acc.get((r["dataset"], config.get("backbone", r["model"].split("-")[1])))
+            base_m, base_g = (base or {}).get("metrics", {}), (base or {}).get("groups", {})
         preset = _preset_of(r)
         over = config.get("overrides") or {}
         extra = {k: v for k, v in over.items() if k not in PRESETS.get(preset, {}) and k not in _BUDGET_KEYS}

@@ -600,6 +600,8 @@ def test_bench_records_validation_numbers_and_new_items(bench, tmp_path):
         seed = rec["per_seed"][0]
         assert seed["epochs"]["pretrain"]["epochs"] == seed["epochs"]["pad"]["epochs"] == 1
         assert seed["backbone_valid"] == base["valid"]  # both presets were built on the one backbone
+        assert seed["backbone_test"]["NDCG@10"] == base["NDCG@10"]  # and its test numbers, for paired changes
+        assert seed["backbone_test"]["groups"]["cold"]["NDCG@10"] == base["groups"]["cold"]["NDCG@10"]
     assert acc["pad-sasrec-simfrozen"]["config"]["overrides"]["freeze"] == ["collab", "aligned"]
     # the stored validation numbers are the Evaluator's on the validation users of the final backbone
     from padrec.data.split import leave_one_out
@@ -700,12 +702,18 @@ def test_change_table_pairs_each_pad_row_with_the_backbone_it_was_built_on(bench
         {"backbone": "sasrec", "encoder": "minilm", "preset": "paper-bce", "overrides": {"loss": "bce"}},
     )  # fmt: skip
     bce["own_backbone"] = bench._own_backbone([{"seed": 0, "HR@10": 0.1, "NDCG@10": 0.06, "groups": {}}])
-    lines = bench._change_markdown([backbone, lam, bce])
+    paired = bench._mean_record(
+        "pad-sasrec-smollm2", [{**seed(0, 0.11, 0.10), "backbone_test": {"NDCG@10": 0.088, "groups": {}}}],
+        "ml-1m", "full-loo", "", {"backbone": "sasrec", "encoder": "smollm2", "preset": None, "overrides": {}},
+    )  # fmt: skip
+    lines = bench._change_markdown([backbone, lam, bce, paired])
     # valid: 0.12 vs 0.10 paired over the seeds (+20%), cold 0.06 vs 0.025 (+140%); test: 0.12 vs the
     # backbone record's 0.10 (+20%), cold 0.06 vs 0.05 (+20%)
     assert "| ml-1m | pad-sasrec-lam1.0 | – | minilm | lam=1.0 | 2 | +20.0% | +140.0% | +20.0% | +20.0% |" in lines
     # a preset with its own backbone is compared with that backbone (0.09 vs 0.06), not the dataset's row
     assert "| ml-1m | pad-sasrec-paper-bce | paper-bce | minilm | – | 1 | +12.5% | +125.0% | +50.0% | – |" in lines
+    # a seed that kept its own backbone's test numbers is compared with those (0.11 vs 0.088), not the record's
+    assert "| ml-1m | pad-sasrec-smollm2 | – | smollm2 | – | 1 | +10.0% | +120.0% | +25.0% | – |" in lines
 
 
 def test_merge_from_replaces_stored_records_with_a_study_folders(bench, tmp_path):
