@@ -974,7 +974,12 @@ def _change_markdown(records: list[dict]) -> list[str]:
     ``backbone_test``; older records: its own backbone's row when its preset trained one, else the dataset's
     backbone record). This is the fidelity study at a glance."""
     acc = {(r["dataset"], r["model"]): r for r in records if r["task"] == "accuracy"}
-    rows = [r for r in acc.values() if r["model"].startswith("pad-") and r.get("per_seed")]
+    # records from before validation numbers were kept per seed were built on older backbones: left out
+    rows = [
+        r
+        for r in acc.values()
+        if r["model"].startswith("pad-") and r.get("per_seed") and all("backbone_valid" in s for s in r["per_seed"])
+    ]
     if not rows:
         return []
     lines = [
