@@ -817,3 +817,28 @@ def test_a_finished_run_made_with_other_settings_is_refused_not_reused(pad_run, 
     # progress bars do not change a stage: the same run is reused
     again = run_pad(split, pad_run.run_dir, overrides={**FAST, "progress": True}, text=text, evaluate=False)
     assert "pad" in again.skipped
+
+
+@pytest.fixture(scope="module")
+def bench_ci():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_pad_ci.py"
+    spec = importlib.util.spec_from_file_location("bench_pad_ci_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_paired_bootstrap_of_a_pad_change(bench_ci, tmp_path):
+    # ranks 0 and 1 give NDCG@10 1 and 1/log2(3); rank 10 is a miss
+    assert bench_ci.ndcg10(np.array([0, 1, 10])) == pytest.approx([1.0, 1 / np.log2(3), 0.0])
+    pad, base = np.array([1.0, 0.0, 0.5, 0.5]), np.array([0.5, 0.0, 0.5, 0.5])
+    out = bench_ci.paired_change(pad, base, resamples=500, seed=0)
+    assert out["change"] == pytest.approx(2.0 / 1.5 - 1) and out["users"] == 4
+    assert 0 <= out["low"] <= out["change"] <= out["high"] and out["p_worse"] == 0  # PAD never worse per user
+    same = bench_ci.paired_change(base, base, resamples=200, seed=0)
+    assert same["change"] == same["low"] == same["high"] == 0
+    with pytest.raises(SystemExit, match="not a finished PAD run"):
+        bench_ci.main(["--dataset", "ml-100k", "--run-dir", str(tmp_path)])
