@@ -80,6 +80,10 @@ for g in "${groups[@]}"; do
           step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --variant "lam$lam" \
             --pretrained "$STUDY/$ds/sasrec-seed0/pretrain" -- lam=$lam "${extra[@]}"
         done
+        # paired bootstrap intervals of seed 0's changes over its own backbone (test users)
+        runs=(); for r in sasrec sasrec-paper-bins11 sasrec-paper-bce sasrec-paper-official sasrec-smollm2 \
+                          sasrec-gemma3-270m sasrec-lam0.05 sasrec-lam1.0; do runs+=("$STUDY/$ds/$r-seed0"); done
+        step bench/bench_pad_ci.py --dataset "$ds" --run-dir "${runs[@]}"
         # new items: a seeded 5% of the items held out of training, added from text (own backbone per seed)
         step bench/bench_pad.py --dataset "$ds" --seeds 0 1 2 --new-items 0.05 --presets paper simfrozen simcal \
           -- "${extra[@]}"
