@@ -473,16 +473,21 @@ def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pa
 # -- bench/bench_pad.py: validation numbers, new items, choosing the default on validation users -----------------
 
 
-@pytest.fixture(scope="module")
-def bench():
+def _bench_module(name: str):
+    """A script of bench/ imported as a module (bench/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_pad.py"
-    spec = importlib.util.spec_from_file_location("bench_pad_under_test", path)
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench_module("bench_pad")
 
 
 def _made(bench, dataset, preset, valid, backbone_valid, test=0.1, preset_in_config=True):
@@ -821,14 +826,7 @@ def test_a_finished_run_made_with_other_settings_is_refused_not_reused(pad_run, 
 
 @pytest.fixture(scope="module")
 def bench_ci():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_pad_ci.py"
-    spec = importlib.util.spec_from_file_location("bench_pad_ci_under_test", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _bench_module("bench_pad_ci")
 
 
 def test_paired_bootstrap_of_a_pad_change(bench_ci, tmp_path):
