@@ -20,15 +20,11 @@ import numpy as np
 from padrec.data.registry import load_dataset
 from padrec.data.split import leave_one_out
 from padrec.eval.evaluator import Evaluator
+from padrec.eval.metrics import ndcg_per_user
 from padrec.eval.report import git_commit, merge_bench
 from padrec.models.base import Recommender
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def ndcg10(ranks: np.ndarray) -> np.ndarray:
-    """Per-user NDCG@10 from 0-based ranks."""
-    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
 def paired_change(pad: np.ndarray, base: np.ndarray, resamples: int, seed: int) -> dict[str, float]:
@@ -54,8 +50,8 @@ def paired_change(pad: np.ndarray, base: np.ndarray, resamples: int, seed: int) 
 def run(dataset: str, run_dir: Path, resamples: int, seed: int) -> dict:
     split = leave_one_out(load_dataset(dataset))
     ev = Evaluator(split)
-    base = ndcg10(ev.ranks(Recommender.load(run_dir / "pretrain"), "test"))
-    pad = ndcg10(ev.ranks(Recommender.load(run_dir / "pad"), "test"))
+    base = ndcg_per_user(ev.ranks(Recommender.load(run_dir / "pretrain"), "test"), 10)
+    pad = ndcg_per_user(ev.ranks(Recommender.load(run_dir / "pad"), "test"), 10)
     cold = ev.group_labels("test")["cold"]
     return {
         "task": "ci",

@@ -130,6 +130,13 @@ def sampled_ranks(
     return np.where(np.isnan(ts[:, 0]), neg.shape[1], r) if s.dtype.kind == "f" else r
 
 
+def ndcg_per_user(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k from a 0-based target rank: ``1/log2(rank+2)`` inside the top ``k``, else 0 (one target,
+    so the ideal DCG is 1). Kept per user for paired comparisons (bootstrap over users)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
 def metrics_from_ranks(
     ranks: torch.Tensor | np.ndarray | Sequence[int], ks: Iterable[int] = DEFAULT_KS
 ) -> dict[str, float]:
@@ -154,7 +161,7 @@ def metrics_from_ranks(
         hit = r < k
         per_k[k] = (
             float(hit.mean()),
-            float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean()),
+            float(ndcg_per_user(r, k).mean()),
             float(np.where(hit, 1.0 / (r + 1.0), 0.0).mean()),
         )
     # grouped by family (HR@5, HR@10, ..., NDCG@5, ...) so tables and JSON read naturally
