@@ -613,16 +613,19 @@ def choose_default(
     return {"winner": winner, "rule": rule, "presets": table, "skipped": skipped, "users": key}
 
 
+def _seed_mean(seeds: list[dict], key: str, cold: bool = False) -> float | None:
+    """Mean over seeds of the NDCG@10 each seed stores under ``key`` (overall, or its cold group); None when a seed
+    lacks it."""
+    vals = [((s.get(key) or {}).get("groups", {}).get("cold", {}) if cold else s.get(key) or {}) for s in seeds]
+    got = [v.get("NDCG@10") for v in vals]
+    return None if None in got else float(np.mean(got))
+
+
 def _relative(seeds: list[dict], name: str, dataset: str, problems: list[str], key: str = "valid") -> dict | None:
     """Relative change of validation NDCG@10 (overall and cold) of one PAD record over its own backbone, from the
     seeds' ``key`` numbers (``valid``: every validation user; ``valid_select``: the selection half)."""
-
-    def mean(key: str, cold: bool) -> float | None:
-        vals = [(s[key]["groups"].get("cold", {}) if cold else s[key]).get("NDCG@10") for s in seeds]
-        return None if any(v is None for v in vals) else float(np.mean(vals))
-
-    pad, base = mean(key, False), mean(f"backbone_{key}", False)
-    pad_cold, base_cold = mean(key, True), mean(f"backbone_{key}", True)
+    pad, base = _seed_mean(seeds, key), _seed_mean(seeds, f"backbone_{key}")
+    pad_cold, base_cold = _seed_mean(seeds, key, cold=True), _seed_mean(seeds, f"backbone_{key}", cold=True)
     if None in (pad, base, pad_cold, base_cold) or not base or not base_cold:
         problems.append(f"{dataset} {name}: validation NDCG@10 (overall and cold, PAD and backbone) incomplete or 0")
         return None
@@ -992,16 +995,10 @@ def _change_markdown(records: list[dict]) -> list[str]:
     for r in rows:
         seeds = r["per_seed"]
         key = "valid_select" if all("backbone_valid_select" in s for s in seeds) else "valid"
-
-        def mean(k: str, cold: bool, seeds: list[dict] = seeds) -> float | None:
-            vals = [((s.get(k) or {}).get("groups", {}).get("cold", {}) if cold else s.get(k) or {}) for s in seeds]
-            got = [v.get("NDCG@10") for v in vals]
-            return None if None in got else float(np.mean(got))
-
         config = r.get("config") or {}
         if all("backbone_test" in s for s in seeds):  # paired per seed with the very backbone it was built on
-            base_m = {"NDCG@10": mean("backbone_test", False)}
-            base_g = {"cold": {"NDCG@10": mean("backbone_test", True)}}
+            base_m = {"NDCG@10": _seed_mean(seeds, "backbone_test")}
+            base_g = {"cold": {"NDCG@10": _seed_mean(seeds, "backbone_test", cold=True)}}
         else:  # older records: its own backbone's row, or the dataset's backbone record
             base = r.get("own_backbone") or acc.get((r["dataset"], config.get("backbone", r["model"].split("-")[1])))
             base_m, base_g = (base or {}).get("metrics", {}), (base or {}).get("groups", {})
@@ -1011,8 +1008,8 @@ def _change_markdown(records: list[dict]) -> list[str]:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {preset} | {config.get('encoder', '–')} | "
             f"{' '.join(f'{k}={v}' for k, v in extra.items()) or '–'} | {len(r['seeds'])} | "
-            f"{_pct(mean(key, False), mean(f'backbone_{key}', False))} | "
-            f"{_pct(mean(key, True), mean(f'backbone_{key}', True))} | "
+            f"{_pct(_seed_mean(seeds, key), _seed_mean(seeds, f'backbone_{key}'))} | "
+            f"{_pct(_seed_mean(seeds, key, cold=True), _seed_mean(seeds, f'backbone_{key}', cold=True))} | "
             f"{_pct(r['metrics'].get('NDCG@10'), base_m.get('NDCG@10'))} | "
             f"{_pct(r['groups'].get('cold', {}).get('NDCG@10'), base_g.get('cold', {}).get('NDCG@10'))} |"
         )
