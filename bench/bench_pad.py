@@ -288,8 +288,10 @@ def _json_norm(obj: Any) -> Any:
 #: PAD keys only stage 3 reads: configurations differing in these alone share one align stage per seed
 STAGE3_KEYS = frozenset(
     {"experts", "freeze", "learn_gates", "n_bins", "expert_loss", "text_init", "similarity_scale", "gate_lr",
-     "calibrate"}
+     "calibrate", "calibrate_budget"}
 )  # fmt: skip
+#: settings of the calibration step after stage 3 (padrec.pad.calibrate)
+CALIBRATE_KEYS = frozenset({"calibrate", "calibrate_budget"})
 
 
 def _align_key(overrides: dict) -> str | None:
@@ -300,9 +302,9 @@ def _align_key(overrides: dict) -> str | None:
 
 
 def _pad_key(overrides: dict) -> str:
-    """What stage 3 depends on: everything but ``calibrate``, a step after it (a calibrated configuration starts
-    from the very stage 3 of its uncalibrated twin, so both are trained once)."""
-    return json.dumps(_json_norm({k: v for k, v in overrides.items() if k != "calibrate"}), sort_keys=True)
+    """What stage 3 depends on: everything but the calibration settings, a step after it (a calibrated configuration
+    starts from the very stage 3 of its uncalibrated twin, so both are trained once)."""
+    return json.dumps(_json_norm({k: v for k, v in overrides.items() if k not in CALIBRATE_KEYS}), sort_keys=True)
 
 
 def _prepare_run_dir(

@@ -411,7 +411,16 @@ def test_blend_falls_back_to_the_collab_expert_per_bin_and_survives_save_load_an
     again.add_item_vectors(["new1"], text[1:2])
     assert again.net.item_blend[-1] == 1.0 and again.net.item_blend.numel() == again.net.item_bins.numel()
     with pytest.raises(ValueError, match="blend values in"):
+        net.set_blend([2.5] * 10)
+    # above 1 the blend moves on to the text-side expert alone (this run's third expert is "text")
+    assert net.text_side() == "text"
+    with torch.inference_mode():
+        with net.only("text"):
+            text_alone = pad.score(hist)
         net.set_blend([2.0] * 10)
+        assert torch.allclose(pad.score(hist), text_alone, atol=1e-5)
+        net.set_blend([1.5] * 10)
+        assert torch.allclose(pad.score(hist), (mixed + text_alone) / 2, atol=1e-4)
 
 
 def test_search_blend_keeps_cold_items_at_the_collab_experts_level():
@@ -437,6 +446,25 @@ def test_search_blend_keeps_cold_items_at_the_collab_experts_level():
     assert search_blend(lambda b: (0.1 + 0.01 * sum(b), 0.05 + 0.01 * sum(b)), 3)["blend"] == [1.0, 1.0, 1.0]
     # a cold gain the gates made is kept, even where falling back would add a little overall
     assert search_blend(lambda b: (0.101 - 0.001 * b[0], 0.05 + 0.02 * b[0]), 1)["blend"] == [1.0]
+
+
+def test_search_budget_buys_cold_items_with_at_most_its_share_of_overall():
+    from padrec.pad.calibrate import SHARES, search_budget
+
+    # every bin moved together: overall peaks at 1.1 (0.1102) and falls past it, cold rises up to 1.5
+    def measure(blend):
+        s = sum(blend) / len(blend)
+        return 0.10 + 0.01 * s - 0.02 * max(s - 1, 0) ** 2 * 4, 0.05 + 0.01 * min(s, 1.5)
+
+    found = search_budget(measure, 2, budget=0.05)
+    assert found["overall_floor"] == pytest.approx(0.95 * 0.1102)
+    # the most cold whose overall stays >= 0.1047: 1.3 (0.1058); 1.4 falls to 0.1012
+    assert found["share"] == 1.3 and found["overall"] >= found["overall_floor"]
+    assert found["cold"] >= found["shares"]["1.3"]["cold"] and found["evaluations"] > len(SHARES)
+    # no budget: the share with the best overall
+    assert search_budget(measure, 2, budget=0.0)["share"] == 1.1
+    with pytest.raises(ValueError, match="calibrate_budget"):
+        search_budget(measure, 2, budget=1.0)
 
 
 def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pad_run, toy, tmp_path):
@@ -468,6 +496,22 @@ def test_calibrate_stage_chooses_on_half_the_validation_users_and_is_recorded(pa
         run_pad(split, run, overrides=FAST, text=text, evaluate=False)
     with pytest.raises(ValueError, match="calibrate=true falls back to the collab expert"):
         PADConfig(experts=["aligned", "text"], calibrate=True)
+    with pytest.raises(ValueError, match="calibrate_budget > 0 needs"):
+        PADConfig(experts=["collab", "aligned"], calibrate=True, calibrate_budget=0.05)
+    # another budget: the calibration is redone (cheap), not reused or refused
+    cold = {**FAST, "calibrate": True, "calibrate_budget": 0.05}
+    third = run_pad(split, run, overrides=cold, text=text, evaluate=False)
+    cal = json.loads((run / "pad" / "calibration.json").read_text())
+    assert "calibrate" not in third.skipped and cal["budget"] == 0.05 and max(cal["grid"]) == 2.0
+    assert (
+        cal["overall"]
+        >= cal["overall_floor"]
+        == pytest.approx(0.95 * max(v["overall"] for v in cal["shares"].values()))
+    )
+    assert cal["cold"] >= cal["shares"][str(cal["share"])]["cold"]
+    assert torch.equal(third.pad.net.item_blend, torch.as_tensor(cal["blend"])[third.pad.net.item_bins])
+    assert json.loads((run / "pad" / "config.json").read_text())["params"]["calibrate_budget"] == 0.05
+    assert "calibrate" in run_pad(split, run, overrides=cold, text=text, evaluate=False).skipped
 
 
 # -- bench/bench_pad.py: validation numbers, new items, choosing the default on validation users -----------------
@@ -807,7 +851,7 @@ def test_presets_name_whole_configurations_and_none_means_the_chosen_default():
         PADConfig(**params)
         assert name == "paper" or name.startswith("paper-") or set(keys) <= set(PADConfig.model_fields), name
     with pytest.raises(ValueError, match="unknown PAD preset 'papr': known presets are paper, simfrozen, simcal, "
-                       "paper-bce"):  # fmt: skip
+                       "simcold, paper-bce"):  # fmt: skip
         with_preset("papr", {})
 
 

@@ -215,8 +215,8 @@ class PADNet(nn.Module):
         init = gate_init(n_bins)
         self.gates = nn.Parameter(torch.stack([init[k] for k in self.names]), requires_grad=learn_gates)
         self.register_buffer("item_bins", item_bins.long().clone())
-        # per-item share of the gated mixture, the rest going to the collaborative expert alone: 1 everywhere
-        # unless the gates were calibrated on validation users (padrec.pad.calibrate); items added later keep 1
+        # per-item place between the collaborative expert alone (0), the gated mixture (1) and the text-side expert
+        # alone (2): 1 everywhere unless calibrated on validation users (padrec.pad.calibrate); added items keep 1
         self.register_buffer("item_blend", torch.ones(item_bins.numel()))
         self._serving: tuple[list[torch.Tensor], torch.Tensor] | None = None
 
@@ -241,14 +241,20 @@ class PADNet(nn.Module):
         state_dict.setdefault(prefix + "item_blend", torch.ones_like(self.item_blend))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def text_side(self) -> str | None:
+        """The expert a blend above 1 moves towards: the similarity expert, else the text expert (None: neither)."""
+        return next((k for k in ("similarity", "text") if k in self.names), None)
+
     def set_blend(self, per_bin: Sequence[float] | torch.Tensor) -> None:
-        """Set every item's mixture share from its gate bin's value (``[n_bins]``; 1 = the learned mixture, 0 = the
-        collaborative expert alone)."""
+        """Set every item's mixture share from its gate bin's value (``[n_bins]``): 0 = the collaborative expert
+        alone, 1 = the learned mixture, 2 = the text-side expert alone (:meth:`text_side`); values between mix the
+        two ends linearly."""
         if "collab" not in self.names:
             raise ValueError(f"blending falls back to the collaborative expert, which is not in {list(self.names)}")
         per_bin = torch.as_tensor(per_bin, dtype=self.item_blend.dtype)
-        if per_bin.shape != (self.gates.shape[1],) or not bool(((per_bin >= 0) & (per_bin <= 1)).all()):
-            raise ValueError(f"expected {self.gates.shape[1]} blend values in [0, 1], got {per_bin.tolist()}")
+        top = 2.0 if self.text_side() else 1.0
+        if per_bin.shape != (self.gates.shape[1],) or not bool(((per_bin >= 0) & (per_bin <= top)).all()):
+            raise ValueError(f"expected {self.gates.shape[1]} blend values in [0, {top:g}], got {per_bin.tolist()}")
         with torch.inference_mode(False):  # a normal tensor even when called under inference mode: loads copy into it
             self.item_blend = per_bin.clone()[self.item_bins.clone()]
         self.invalidate()
@@ -292,9 +298,16 @@ class PADNet(nn.Module):
         w = self.gate_weights()[:, self.item_bins]
         if "collab" not in self.names or bool((self.item_blend == 1).all()):
             return w
+        t = self.item_blend
         alone = torch.zeros_like(w)
         alone[self.names.index("collab")] = 1.0
-        return self.item_blend * w + (1 - self.item_blend) * alone
+        out = t * w + (1 - t) * alone
+        side = self.text_side()
+        if side is not None and bool((t > 1).any()):
+            text = torch.zeros_like(w)
+            text[self.names.index(side)] = 1.0
+            out = torch.where(t > 1, (2 - t) * w + (t - 1) * text, out)
+        return out
 
     def tables(self) -> list[torch.Tensor]:
         return [self.experts[k].all_vectors() for k in self.names]

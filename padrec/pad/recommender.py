@@ -54,6 +54,10 @@ class PADConfig(Strict):
     # seeded half of the validation users, keeping their cold-item NDCG@10 at least the collaborative expert's
     # (padrec.pad.calibrate; not in the paper)
     calibrate: bool = False
+    # calibration for cold items: the share of the best overall NDCG@10 (on the calibration users) it may give up
+    # for them, moving all bins at once, up to the text-side expert alone (padrec.pad.calibrate.search_budget);
+    # 0: the rule above
+    calibrate_budget: float = Field(default=0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _check_experts(self) -> PADConfig:
@@ -65,6 +69,11 @@ class PADConfig(Strict):
             raise ValueError(f"freeze={list(self.freeze)} names experts that are not in experts={list(self.experts)}")
         if self.calibrate and "collab" not in self.experts:
             raise ValueError(f"calibrate=true falls back to the collab expert, which is not in {list(self.experts)}")
+        if self.calibrate_budget and not (self.calibrate and {"similarity", "text"} & set(self.experts)):
+            raise ValueError(
+                "calibrate_budget > 0 needs calibrate=true and a similarity or text expert to move towards, got "
+                f"calibrate={self.calibrate}, experts={list(self.experts)}"
+            )
         return self
 
 
