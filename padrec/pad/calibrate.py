@@ -56,6 +56,29 @@ def _ndcg(ranks: np.ndarray) -> float:
     return float(metrics_from_ranks(ranks, (10,))["NDCG@10"]) if len(ranks) else 0.0
 
 
+def _sweep(
+    measure: Callable[[Sequence[float]], tuple[float, float]],
+    blend: list[float],
+    best: tuple[float, float],
+    grid: Sequence[float],
+    better: Callable[[tuple[float, float], tuple[float, float]], bool],
+) -> tuple[list[float], tuple[float, float], int]:
+    """One coordinate sweep, coldest bin first: a bin takes a grid value where ``better(got, best)``; returns the
+    blend, its (overall, cold) and how many blends were measured."""
+    evaluations = 0
+    for b in reversed(range(len(blend))):
+        start = blend[b]  # already measured
+        for a in grid:
+            if a == start:
+                continue
+            trial = [*blend[:b], float(a), *blend[b + 1 :]]
+            got = measure(trial)
+            evaluations += 1
+            if better(got, best):
+                blend, best = trial, got
+    return blend, best, evaluations
+
+
 def search_blend(
     measure: Callable[[Sequence[float]], tuple[float, float]], n_bins: int, grid: Sequence[float] = GRID
 ) -> dict[str, Any]:
@@ -78,16 +101,8 @@ def search_blend(
             return now[1] < floor or got[0] > now[0]
         return now[1] < floor and got[1] > now[1]
 
-    for b in reversed(range(n_bins)):
-        start = blend[b]  # already measured
-        for a in grid:
-            if a == start:
-                continue
-            trial = [*blend[:b], a, *blend[b + 1 :]]
-            got = measure(trial)
-            evaluations += 1
-            if better(got, best):
-                blend, best = trial, got
+    blend, best, swept = _sweep(measure, blend, best, grid, better)
+    evaluations += swept
     # one sweep can wander: the two ends (the backbone's scores, the learned mixture) stay in the running
     for end, got in (([0.0] * n_bins, alone), ([1.0] * n_bins, learned)):
         if better(got, best):
@@ -119,17 +134,11 @@ def search_budget(
     top = max(o for o, _ in at.values())
     floor = (1 - budget) * top
     share = max((s for s in at if at[s][0] >= floor), key=lambda s: (at[s][1], at[s][0]))
-    blend, best = [share] * n_bins, at[share]
-    evaluations = len(at)
-    for b in reversed(range(n_bins)):
-        for a in grid:
-            if a == blend[b]:
-                continue
-            trial = [*blend[:b], float(a), *blend[b + 1 :]]
-            got = measure(trial)
-            evaluations += 1
-            if got[1] >= at[share][1] and got[0] > best[0]:
-                blend, best = trial, got
+    cold_level = at[share][1]
+    blend, best, swept = _sweep(
+        measure, [share] * n_bins, at[share], grid, lambda got, now: got[1] >= cold_level and got[0] > now[0]
+    )
+    evaluations = len(at) + swept
     return {
         "blend": blend,
         "overall": best[0],
