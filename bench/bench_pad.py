@@ -61,7 +61,7 @@ from padrec.eval.evaluator import Evaluator
 from padrec.eval.protocol import Protocol
 from padrec.eval.report import git_commit, merge_bench
 from padrec.models import Recommender
-from padrec.pad.pipeline import PRESETS, comparison_table, evaluate_stages, run_pad, with_preset
+from padrec.pad.pipeline import CALIBRATE_KEYS, PRESETS, comparison_table, evaluate_stages, run_pad, with_preset
 from padrec.train.config import parse_overrides
 
 ROOT = Path(__file__).resolve().parent
@@ -288,10 +288,8 @@ def _json_norm(obj: Any) -> Any:
 #: PAD keys only stage 3 reads: configurations differing in these alone share one align stage per seed
 STAGE3_KEYS = frozenset(
     {"experts", "freeze", "learn_gates", "n_bins", "expert_loss", "text_init", "similarity_scale", "gate_lr",
-     "calibrate", "calibrate_budget"}
+     *CALIBRATE_KEYS}
 )  # fmt: skip
-#: settings of the calibration step after stage 3 (padrec.pad.calibrate)
-CALIBRATE_KEYS = frozenset({"calibrate", "calibrate_budget"})
 
 
 def _align_key(overrides: dict) -> str | None:

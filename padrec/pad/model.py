@@ -22,6 +22,8 @@ from padrec.models.sequential import SeqNet
 EXPERTS = ("collab", "aligned", "text")  # the reference triple
 #: every expert stage 3 can mix; ``similarity`` is padrec's optional training-free text expert
 ALL_EXPERTS = (*EXPERTS, "similarity")
+#: the experts a calibrated blend above 1 may move towards, first present wins (PADNet.text_side)
+TEXT_SIDE = ("similarity", "text")
 
 
 class TextAdapter(nn.Module):
@@ -243,7 +245,7 @@ class PADNet(nn.Module):
 
     def text_side(self) -> str | None:
         """The expert a blend above 1 moves towards: the similarity expert, else the text expert (None: neither)."""
-        return next((k for k in ("similarity", "text") if k in self.names), None)
+        return next((k for k in TEXT_SIDE if k in self.names), None)
 
     def set_blend(self, per_bin: Sequence[float] | torch.Tensor) -> None:
         """Set every item's mixture share from its gate bin's value (``[n_bins]``): 0 = the collaborative expert

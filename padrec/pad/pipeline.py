@@ -133,8 +133,10 @@ def _pad_configs(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return params, train
 
 
+#: the calibration step's settings (padrec.pad.calibrate)
+CALIBRATE_KEYS = frozenset({"calibrate", "calibrate_budget"})
 #: settings that do not change a finished stage: progress bars, and calibration (a step after stage 3)
-_REUSABLE_KEYS = frozenset({"progress", "backbone.progress", "calibrate", "calibrate_budget"})
+_REUSABLE_KEYS = frozenset({"progress", "backbone.progress"}) | CALIBRATE_KEYS
 
 
 def _calibrated_as(path: Path, budget: float) -> bool:

@@ -22,7 +22,7 @@ from padrec.models.base import Recommender, evaluating, get_model_class, registe
 from padrec.models.losses import logits_loss, rec_loss
 from padrec.models.sequential import SeqNet, SequentialRecommender, query_seqs
 from padrec.pad.losses import DEFAULT_ALPHAS, Kernel, alignment_loss
-from padrec.pad.model import ALL_EXPERTS, EXPERTS, AlignedNet, CollabNet, PADNet, SimilarityNet, TextNet
+from padrec.pad.model import ALL_EXPERTS, EXPERTS, TEXT_SIDE, AlignedNet, CollabNet, PADNet, SimilarityNet, TextNet
 from padrec.train.config import Strict, TrainConfig
 
 
@@ -69,7 +69,7 @@ class PADConfig(Strict):
             raise ValueError(f"freeze={list(self.freeze)} names experts that are not in experts={list(self.experts)}")
         if self.calibrate and "collab" not in self.experts:
             raise ValueError(f"calibrate=true falls back to the collab expert, which is not in {list(self.experts)}")
-        if self.calibrate_budget and not (self.calibrate and {"similarity", "text"} & set(self.experts)):
+        if self.calibrate_budget and not (self.calibrate and set(TEXT_SIDE) & set(self.experts)):
             raise ValueError(
                 "calibrate_budget > 0 needs calibrate=true and a similarity or text expert to move towards, got "
                 f"calibrate={self.calibrate}, experts={list(self.experts)}"
